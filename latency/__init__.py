@@ -1,0 +1,1 @@
+"""Everything about time on a device: profiling, lookup tables, predictors and the differentiable loss."""

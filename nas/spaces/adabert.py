@@ -1,0 +1,151 @@
+"""AdaBERT cell space: K stacked CNN cells sharing one op choice per edge.
+
+Each cell has two inputs (the outputs of the two previous cells; the first cell gets the embedded sentence A and
+sentence B, the same sentence twice for single-sentence tasks), three intermediate nodes and nine edges
+(node j reads the two inputs and every earlier node). The cell output is the mean of its nodes. Decisions: the op
+of each edge (shared by all cells, weights not shared) and the number of cells ``cells`` in 1..K_max.
+
+>>> space = get_space("adabert", "tiny")
+>>> len(space.decisions()), space.decision("cells").choices
+(10, (1, 2, 3))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nas.arch import Architecture
+from nas.spaces.base import CostFactor, Decision, Preset, SearchSpace, get_space, register_space
+from nas.spaces.ops import OpSpec, build_op
+
+ADABERT_OPS = (
+    "conv:dilation=1,k=3", "conv:dilation=1,k=5", "conv:dilation=1,k=7",
+    "conv:dilation=2,k=3", "conv:dilation=2,k=5", "conv:dilation=2,k=7",
+    "avgpool:k=3", "maxpool:k=3", "identity", "zero",
+)  # fmt: skip
+NODES = 3
+
+
+@dataclass
+class AdaBertPreset(Preset):
+    max_cells: int = 8  # K_max: the number of cells is searched in 1..K_max
+    hidden: int = 128  # cell width
+    embed_dim: int = 384  # word-embedding width (the teacher's, so it can be initialised from it)
+    vocab: int = 30522  # tokenizer vocabulary (the teacher's)
+    max_len: int = 512  # longest sequence the position embedding covers
+    ops: tuple[str, ...] = ADABERT_OPS  # candidate op templates per edge
+
+
+def edge_names() -> list[tuple[str, int, str]]:
+    """(decision name, node index, source name) for the 9 edges: node j reads in0, in1, n0..n(j-1)."""
+    out = []
+    for j in range(NODES):
+        for src in ["in0", "in1"] + [f"n{i}" for i in range(j)]:
+            out.append((f"n{j}.{src}", j, src))
+    return out
+
+
+@register_space
+class AdaBertSpace(SearchSpace):
+    name = "adabert"
+    version = 1
+    presets = {
+        "tiny": AdaBertPreset("tiny", max_cells=3, hidden=16, embed_dim=16, vocab=1000, max_len=128),
+        "small": AdaBertPreset("small", max_cells=8, hidden=64, embed_dim=384, vocab=30522, max_len=512),
+        "paper": AdaBertPreset("paper", max_cells=8, hidden=128, embed_dim=384, vocab=30522, max_len=512),
+    }
+    default_preset = "small"
+    preset: AdaBertPreset
+
+    def decisions(self) -> list[Decision]:
+        ops = tuple(self.preset.ops)
+        return [Decision("cells", tuple(range(1, self.preset.max_cells + 1)))] + [
+            Decision(name, ops) for name, _, _ in edge_names()
+        ]
+
+    def op(self, template: str) -> OpSpec:
+        return OpSpec.parse(template, hidden=self.preset.hidden)
+
+    def embed_spec(self) -> OpSpec:
+        p = self.preset
+        return OpSpec.make("embed", p.hidden, vocab=p.vocab, dim=p.embed_dim, max_len=p.max_len, types=2)
+
+    def cost_factors(self, num_labels: int = 2) -> list[CostFactor]:
+        p = self.preset
+        ks = self.decision("cells").choices
+        factors = [CostFactor("embedding", (), {(): ((self.embed_spec(), 1),)})]
+        for name, _, _ in edge_names():
+            cells = {}
+            for ki, k in enumerate(ks):
+                for ci, t in enumerate(p.ops):
+                    cells[(ki, ci)] = () if t == "zero" else ((self.op(t), k),)
+            factors.append(CostFactor(name, ("cells", name), cells))
+        combine = OpSpec.make("combine", p.hidden, nodes=NODES)
+        factors.append(CostFactor("combine", ("cells",), {(ki,): ((combine, k),) for ki, k in enumerate(ks)}))
+        factors.append(CostFactor("head", (), {(): ((OpSpec.make("head", p.hidden, labels=num_labels), 1),)}))
+        return factors
+
+    def build(self, arch: Architecture, num_labels: int = 2, pair: bool = False) -> nn.Module:
+        self.indices(arch)  # validates the choices
+        return AdaBertModel(self, arch, num_labels, pair)
+
+
+class Cell(nn.Module):
+    """One derived cell: only the non-zero edges are built."""
+
+    def __init__(self, space: AdaBertSpace, arch: Architecture) -> None:
+        super().__init__()
+        self.edges = nn.ModuleDict()
+        self.wiring: list[list[tuple[str, str]]] = [[] for _ in range(NODES)]  # node -> [(edge key, source)]
+        for name, j, src in edge_names():
+            t = arch.choices[name]
+            if t != "zero":
+                key = name.replace(".", "_")
+                self.edges[key] = build_op(space.op(t))
+                self.wiring[j].append((key, src))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = {"in0": s0, "in1": s1}
+        nodes = []
+        for j in range(NODES):
+            acc = torch.zeros_like(s0)  # (B, T, H)
+            for key, src in self.wiring[j]:
+                acc = acc + self.edges[key](states[src], mask)
+            states[f"n{j}"] = acc
+            nodes.append(acc)
+        return torch.stack(nodes, 0).mean(0)  # (B, T, H)
+
+
+class AdaBertModel(nn.Module):
+    """Embedding -> K cells -> masked-mean head. ``forward(input_ids, attention_mask, token_type_ids=None)``."""
+
+    def __init__(self, space: AdaBertSpace, arch: Architecture, num_labels: int, pair: bool) -> None:
+        super().__init__()
+        self.pair, self.num_labels = pair, num_labels
+        self.embedding = build_op(space.embed_spec())
+        self.cells = nn.ModuleList(Cell(space, arch) for _ in range(arch.choices["cells"]))
+        self.head = build_op(OpSpec.make("head", space.preset.hidden, labels=num_labels))
+
+    def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
+        """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
+        mask = attention_mask.to(torch.float32)  # (B, T)
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        e = self.embedding(input_ids, types)  # (B, T, H)
+        if self.pair:
+            b_mask = types.to(torch.float32).unsqueeze(-1) * mask.unsqueeze(-1)  # (B, T, 1)
+            s0, s1 = e * (mask.unsqueeze(-1) - b_mask), e * b_mask
+        else:
+            s0 = s1 = e
+        outs = [s0]
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, mask)
+            outs.append(s1)
+        return outs
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask, token_type_ids)[-1], attention_mask.float())
+
+
+__all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "edge_names", "get_space"]

@@ -1,0 +1,1 @@
+"""Shipped device profiles (data package): one folder per device + backend + threads."""
