@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.errors import HwnasError
 from nas.io import atomic_write_text
 
 
-class ArchError(ValueError):
+class ArchError(HwnasError, ValueError):
     """An architecture file that cannot be used; the message names the file and field and the fix."""
 
 

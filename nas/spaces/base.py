@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
+from nas.errors import HwnasError
 from nas.spaces.ops import Context, OpSpec, op_flops, op_params
 
 if TYPE_CHECKING:
     from nas.arch import Architecture
 
 
-class SpaceError(ValueError):
+class SpaceError(HwnasError, ValueError):
     """An unknown space or preset, or an architecture that does not fit its space."""
 
 

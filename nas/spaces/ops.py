@@ -30,10 +30,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from nas.errors import HwnasError
+
 F32 = 4  # bytes per float32 element
 
 
-class OpError(ValueError):
+class OpError(HwnasError, ValueError):
     """An op key or parameter that the vocabulary does not know."""
 
 

@@ -1,0 +1,259 @@
+"""The ``hwnas`` command: one verb per job. Thin: it parses, calls library functions, prints.
+
+Heavy imports happen inside the handlers so that ``hwnas --help`` is instant. Every user-facing problem is a
+:class:`nas.errors.HwnasError`, printed as one line ``hwnas: error: ...`` with exit status 2.
+
+Examples:
+    hwnas sample --space nasbert --preset small --seed 0 --out arch.json
+    hwnas info arch.json --batch 1 --seq-len 128 --json
+    hwnas export arch.json --out model.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from nas.errors import HwnasError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {}
+
+
+def command(name: str, help: str, example: str = ""):
+    """Register ``fn(args)`` as ``hwnas NAME``; then ``fn.arguments(adder)`` sets the function adding its options."""
+
+    def deco(fn):
+        text = help + (f"\n\nexample:\n  {example}" if example else "")
+        COMMANDS[name] = (lambda p: None, fn, text)
+        fn.arguments = lambda adder: COMMANDS.__setitem__(name, (adder, fn, text))
+        return fn
+
+    return deco
+
+
+def emit(obj: dict, as_json: bool, text: str | None = None) -> None:
+    """Print ``obj`` as one JSON object (``--json``) or ``text`` (default: key: value lines)."""
+    if as_json:
+        print(json.dumps(obj, default=str))
+    else:
+        print(text if text is not None else "\n".join(f"{k}: {v}" for k, v in obj.items()))
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def _add_ctx(p: argparse.ArgumentParser, batch: int = 1, seq_len: int = 128) -> None:
+    p.add_argument("--batch", type=int, default=batch, help=f"sequences per call (default {batch})")
+    p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per sequence (default {seq_len})")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+# ------------------------------------------------------------------------------------------------ env / list
+@command("env", "Versions, CPU, threads and GPU of this machine.", "hwnas env --json")
+def cmd_env(args):
+    from latency.device import fingerprint
+
+    fp = fingerprint(threads=None)
+    emit(fp, args.json)
+
+
+cmd_env.arguments(lambda p: _add_json(p))
+
+
+@command("list", "List registered spaces, ops or shipped profiles.", "hwnas list ops")
+def cmd_list(args):
+    from nas.spaces import OP_REGISTRY, SPACE_REGISTRY
+
+    if args.what == "spaces":
+        rows = {n: {"version": c.version, "presets": sorted(c.presets), "default": c.default_preset}
+                for n, c in SPACE_REGISTRY.items()}
+    elif args.what == "ops":
+        rows = {n: {"params": list(k.required), "fixed": k.fixed, "doc": (type(k).__doc__ or "").strip()}
+                for n, k in OP_REGISTRY.items()}
+    else:
+        from latency.table import list_profiles
+
+        rows = {p["name"]: p for p in list_profiles()}
+    emit(rows, args.json, "\n".join(f"{k}  {v}" for k, v in rows.items()))
+
+
+cmd_list.arguments(lambda p: (p.add_argument("what", choices=["spaces", "ops", "profiles"]), _add_json(p)))
+
+
+# ------------------------------------------------------------------------------------- architectures
+@command("sample", "Sample a random architecture of a space (same seed, same architecture).",
+         "hwnas sample --space adabert --preset small --seed 0 --out arch.json")
+def cmd_sample(args):
+    from nas.spaces import get_space
+
+    arch = get_space(args.space, args.preset).sample(args.seed)
+    if args.out:
+        arch.save(args.out)
+    emit(arch.to_dict(), args.json or not args.out, f"wrote {args.out}")
+
+
+def _sample_args(p):
+    p.add_argument("--space", required=True, help="search space name (hwnas list spaces)")
+    p.add_argument("--preset", default=None, help="space preset (default: the space's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="architecture JSON to write (default: print it)")
+    _add_json(p)
+
+
+cmd_sample.arguments(_sample_args)
+
+
+@command("info", "Parameters, FLOPs and op counts of an architecture.", "hwnas info arch.json --seq-len 128 --json")
+def cmd_info(args):
+    from nas.report import arch_info
+
+    info = arch_info(args.arch, args.batch, args.seq_len, num_labels=args.num_labels)
+    emit(info, args.json)
+
+
+cmd_info.arguments(lambda p: (p.add_argument("arch"), _add_ctx(p),
+                              p.add_argument("--num-labels", type=int, default=2), _add_json(p)))
+
+
+@command("export", "Export an architecture (random or trained weights) to ONNX.",
+         "hwnas export arch.json --out model.onnx")
+def cmd_export(args):
+    from nas.export import export_cli
+
+    emit(export_cli(args.arch, args.out, weights=args.weights, num_labels=args.num_labels, pair=args.pair), args.json)
+
+
+cmd_export.arguments(lambda p: (
+    p.add_argument("arch"), p.add_argument("--out", required=True), p.add_argument("--weights", default=None,
+    help="folder of a trained model (save_pretrained layout) whose weights to export"),
+    p.add_argument("--num-labels", type=int, default=2), p.add_argument("--pair", action="store_true",
+    help="sentence-pair input (token_type_ids)"), _add_json(p)))
+
+
+# --------------------------------------------------------------------------------------------- latency
+@command("profile", "Time every candidate op (and whole sampled architectures) on this device into a profile folder.",
+         "hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out profiles/mycpu --quick")
+def cmd_profile(args):
+    from latency.profiler import profile_cli
+
+    return profile_cli(args)
+
+
+def _profile_args(p):
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads, fixed and recorded (default 1)")
+    p.add_argument("--space", default="adabert,nasbert", help="comma-separated spaces to cover")
+    p.add_argument("--preset", default=None, help="space preset (default: each space's default)")
+    p.add_argument("--batch", type=_ints, default=None, help="batch sizes (default 1,8,32)")
+    p.add_argument("--seq-len", type=_ints, default=None, help="sequence lengths (default 32,64,128,256)")
+    p.add_argument("--e2e", type=int, default=None, help="whole sampled architectures per space")
+    p.add_argument("--out", required=True, help="profile folder to write (resumed if it exists)")
+    p.add_argument("--quick", action="store_true", help="reduced grid, about a minute (demo, tests)")
+    p.add_argument("--force-new", action="store_true", help="start a new folder if OUT holds another profile")
+    p.add_argument("--seed", type=int, default=0)
+    _add_json(p)
+
+
+cmd_profile.arguments(_profile_args)
+
+
+@command("measure", "Time one architecture end to end (exported model, same protocol as the profiler).",
+         "hwnas measure arch.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128 --json")
+def cmd_measure(args):
+    from latency.profiler import measure_cli
+
+    return measure_cli(args)
+
+
+cmd_measure.arguments(lambda p: (
+    p.add_argument("arch"), p.add_argument("--backend", default="onnxruntime"), p.add_argument("--device", default="cpu"),
+    p.add_argument("--threads", type=int, default=1), _add_ctx(p), _add_json(p)))
+
+
+@command("fit", "Fit a latency predictor from a profile folder (writes PROFILE/predictor.json).",
+         "hwnas fit profiles/mycpu --kind lut+calibration")
+def cmd_fit(args):
+    from latency.predictor import fit_cli
+
+    return fit_cli(args)
+
+
+cmd_fit.arguments(lambda p: (
+    p.add_argument("profile"), p.add_argument("--kind", default=None, help="lut | lut+calibration | regression"),
+    p.add_argument("--from", dest="from_profile", default=None, help="adapt this profile's predictor (few-shot)"),
+    p.add_argument("--e2e-only", action="store_true", help="with --from: use only PROFILE's e2e measurements"),
+    p.add_argument("--shots", type=int, default=20, help="with --from: at most this many e2e measurements"),
+    _add_json(p)))
+
+
+@command("predict", "Predict an architecture's latency on a profiled device.",
+         "hwnas predict profiles/mycpu arch.json --batch 1 --seq-len 128 --json")
+def cmd_predict(args):
+    from latency.predictor import predict_cli
+
+    return predict_cli(args)
+
+
+cmd_predict.arguments(lambda p: (p.add_argument("profile"), p.add_argument("arch"), _add_ctx(p), _add_json(p)))
+
+
+@command("evaluate-predictor", "Accuracy of a profile's predictor on held-out whole architectures.",
+         "hwnas evaluate-predictor profiles/mycpu --json")
+def cmd_evaluate(args):
+    from latency.predictor import evaluate_cli
+
+    return evaluate_cli(args)
+
+
+cmd_evaluate.arguments(lambda p: (
+    p.add_argument("profile"), p.add_argument("--kind", default=None, help="predictor kind (default: all)"),
+    p.add_argument("--plot", default=None, help="PNG of predicted vs measured (default PROFILE/predictor.png)"),
+    _add_json(p)))
+
+
+# ------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwnas", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `hwnas VERB --help` for a verb's options and an example",
+    )
+    from nas import __version__
+
+    parser.add_argument("--version", action="version", version=f"hwnas {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (adder, fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text.split("\n")[0], description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        adder(p)
+        p.set_defaults(_fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_fn", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args._fn(args)
+    except HwnasError as e:
+        print(f"hwnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwnas: interrupted; re-run the same command to resume where it stopped", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

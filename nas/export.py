@@ -1,0 +1,127 @@
+"""ONNX export (dynamic batch and sequence length) and the onnxruntime parity check.
+
+>>> from nas.spaces import get_space
+>>> space = get_space("nasbert", "tiny")
+>>> model = space.build(space.sample(0), pair=True)
+>>> path = export_model(model, space, "/tmp/hwnas_doctest.onnx", pair=True)
+>>> check_parity(model, path, space_inputs(space, batch=3, seq_len=20, pair=True, seed=1)) < 1e-4
+True
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas.errors import HwnasError
+from nas.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+TOKEN_AXES = {0: "batch", 1: "seq_len"}
+
+
+class ExportError(HwnasError, RuntimeError):
+    """The model could not be exported or does not match its torch output."""
+
+
+def export_module(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    output_names: tuple[str, ...] = ("output",),
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> Path:
+    """Export ``module(*inputs.values())`` to ONNX at ``path`` (atomically), in eval mode.
+
+    Args:
+        module: the torch module; called positionally with the values of ``inputs`` in order.
+        inputs: example inputs by ONNX input name.
+        path: where the ``.onnx`` file goes.
+        output_names: names of the graph outputs.
+        dynamic_axes: per input/output name, the axes that vary (``{0: "batch", 1: "seq_len"}``);
+            by default axes 0 and 1 of every input and axis 0 of every output.
+    Returns:
+        The path written.
+    """
+    if dynamic_axes is None:
+        dynamic_axes = {name: dict(TOKEN_AXES) for name, t in inputs.items() if t.dim() >= 2}
+        dynamic_axes.update({name: {0: "batch"} for name in output_names})
+    was_training = module.training
+    module.eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, tuple(inputs.values()), buf, input_names=list(inputs), output_names=list(output_names),
+                dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+    except Exception as e:  # torch raises many types here; re-raise as one with context
+        raise ExportError(f"ONNX export of {type(module).__name__} failed: {e}") from e
+    finally:
+        module.train(was_training)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def space_inputs(space, batch: int = 2, seq_len: int = 16, pair: bool = False, seed: int = 0,
+                 padded: bool = True) -> dict[str, torch.Tensor]:
+    """Example token inputs for a model of ``space``: ``input_ids``, ``attention_mask`` and, for pair tasks or
+    spaces that always read segments, ``token_type_ids``. With ``padded``, the first row is padded at the end."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, space.preset.vocab, (batch, seq_len), generator=g)  # (B, T)
+    mask = torch.ones(batch, seq_len, dtype=torch.long)  # (B, T)
+    if padded and seq_len > 2:
+        mask[0, seq_len // 2:] = 0
+        ids[0, seq_len // 2:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if pair or space.name == "nasbert":
+        types = torch.zeros_like(ids)
+        types[:, seq_len // 2:] = 1 if pair else 0
+        out["token_type_ids"] = types
+    return out
+
+
+def export_model(model: nn.Module, space, path: str | os.PathLike, pair: bool = False) -> Path:
+    """Export a model of ``space`` taking token inputs and returning ``logits``."""
+    return export_module(model, space_inputs(space, pair=pair), path, output_names=("logits",))
+
+
+def export_arch(arch, path: str | os.PathLike, num_labels: int = 2, pair: bool = False, seed: int = 0) -> Path:
+    """Build ``arch`` with random weights (seeded) and export it; latency does not need trained weights."""
+    space = arch.get_space()
+    torch.manual_seed(seed)
+    model = space.build(arch, num_labels=num_labels, pair=pair)
+    return export_model(model, space, path, pair=pair)
+
+
+def ort_session(path: str | os.PathLike, threads: int = 1, providers: list[str] | None = None):
+    """An onnxruntime session with a fixed thread count (intra- and inter-op) and full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+def check_parity(model: nn.Module, path: str | os.PathLike, inputs: dict[str, torch.Tensor]) -> float:
+    """Max absolute difference between torch and onnxruntime outputs on ``inputs``."""
+    sess = ort_session(path)
+    names = {i.name for i in sess.get_inputs()}
+    feed = {k: v.numpy() for k, v in inputs.items() if k in names}
+    ort_out = sess.run(None, feed)[0]
+    model.eval()
+    with torch.no_grad():
+        ref = model(*[inputs[k] for k in inputs]).numpy()
+    return float(np.abs(ort_out - ref).max())
