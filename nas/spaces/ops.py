@@ -229,7 +229,7 @@ class Conv(OpKind):
 
     def flops(self, spec, ctx):
         n, h = ctx.tokens, spec.hidden
-        return 2 * n * h * h * spec.get("k") + n * h * 6  # conv + mask, relu, bn(2), mask
+        return 2 * n * h * h * spec.get("k") + n * h * 5  # conv + mask, relu, bn (scale+shift), mask
 
     def bytes(self, spec, ctx):
         n, h = ctx.tokens, spec.hidden
@@ -286,7 +286,7 @@ class Identity(nn.Module):
 
 class Zero(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x * 0.0
+        return torch.zeros_like(x)  # (B, T, H); no arithmetic, so it costs what its FLOP count says: nothing
 
 
 @register_op
@@ -364,10 +364,11 @@ class MHAKind(OpKind):
     def flops(self, spec, ctx):
         n, h, t = ctx.tokens, spec.hidden, ctx.seq_len
         a, i = spec.get("heads"), spec.get("heads") * spec.get("head_dim")
-        proj = 2 * n * h * 3 * i + 2 * n * i * h  # qkv + out
+        scores = ctx.batch * a * t * t  # elements of the (B, A, T, T) score tensor
+        proj = 2 * n * h * 3 * i + 2 * n * i * h + 3 * n * i + n * h  # qkv + out, with their biases
         attn = 2 * 2 * n * t * i  # QK^T and PV
-        elem = 3 * ctx.batch * a * t * t + 5 * ctx.batch * a * t * t + n * h + _ln_flops(n, h)  # scale+mask, softmax
-        return proj + attn + elem
+        elem = 2 * scores + 5 * scores + 2 * n  # scale + mask add, softmax, additive mask from (B, T)
+        return proj + attn + elem + n * h + _ln_flops(n, h)  # + residual, LayerNorm
 
     def bytes(self, spec, ctx):
         n, h, t = ctx.tokens, spec.hidden, ctx.seq_len
@@ -526,7 +527,8 @@ class HeadKind(OpKind):
 
     def flops(self, spec, ctx):
         n, h, b, c = ctx.tokens, spec.hidden, ctx.batch, spec.get("labels")
-        return 2 * n * h + 2 * b * h * h + 2 * b * h * c + 4 * b * h
+        pool = 2 * n * h + n + b + b * h  # mask multiply + sum, mask sum, clamp, divide
+        return pool + 2 * b * h * h + 2 * b * h + 2 * b * h * c + b * c  # pooler (+bias, tanh), classifier (+bias)
 
     def bytes(self, spec, ctx):
         n, h, b, c = ctx.tokens, spec.hidden, ctx.batch, spec.get("labels")
