@@ -113,10 +113,10 @@ cmd_sample.arguments(_sample_args)
 
 @command("info", "Parameters, FLOPs and op counts of an architecture.", "hwnas info arch.json --seq-len 128 --json")
 def cmd_info(args):
-    from nas.report import arch_info
+    from nas.report import arch_info, format_info
 
     info = arch_info(args.arch, args.batch, args.seq_len, num_labels=args.num_labels)
-    emit(info, args.json)
+    emit(info, args.json, format_info(info))
 
 
 cmd_info.arguments(lambda p: (p.add_argument("arch"), _add_ctx(p),

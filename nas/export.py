@@ -125,3 +125,80 @@ def check_parity(model: nn.Module, path: str | os.PathLike, inputs: dict[str, to
     with torch.no_grad():
         ref = model(*[inputs[k] for k in inputs]).numpy()
     return float(np.abs(ort_out - ref).max())
+
+
+PARITY_TOL = 1e-4  # max |torch - onnxruntime| accepted on the check inputs
+PARITY_SHAPE = (3, 23)  # (batch, seq_len) of the check: unlike the export example (2, 16), and with a padded row
+
+
+def export_cli(arch_path: str | os.PathLike, out: str | os.PathLike, weights: str | os.PathLike | None = None,
+               num_labels: int = 2, pair: bool = False) -> dict:
+    """``hwnas export``: build (or load) a model, export it and refuse it unless onnxruntime agrees with torch.
+
+    Args:
+        arch_path: the architecture file.
+        out: the ``.onnx`` file to write; it appears only once the parity check has passed.
+        weights: a trained model folder (``nas.modeling.save_pretrained`` layout); its config decides
+            ``num_labels`` and ``pair``, and its architecture must be the one in ``arch_path``.
+            Without it the model gets random (seeded) weights, which is all latency needs.
+        num_labels, pair: the head and the input kind, for random weights.
+    Returns:
+        A summary: path, inputs/outputs, labels, pair, parameters and the parity figure.
+    Raises:
+        ExportError: export failed, the weights are for another architecture, or parity is worse than 1e-4.
+
+    Example: ``hwnas export arch.json --out model.onnx --weights runs/sst2/model``.
+    """
+    from nas.arch import Architecture
+    from nas.modeling import load_pretrained
+
+    arch = Architecture.load(arch_path)
+    space = arch.get_space()
+    if weights is not None:
+        model, trained, config = load_pretrained(weights)
+        if trained != arch:
+            raise ExportError(
+                f"{weights}: the model was trained for another architecture than {arch_path} "
+                f"({_first_difference(trained, arch)}); pass the arch.json saved with the model"
+            )
+        num_labels, pair = config.num_labels, config.pair
+    else:
+        torch.manual_seed(0)
+        model = space.build(arch, num_labels=num_labels, pair=pair)
+    model.eval()
+
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; pass a file name such as {out / 'model.onnx'}")
+    tmp = out.with_name(f".{out.name}.unchecked")
+    try:
+        export_model(model, space, tmp, pair=pair)
+        inputs = space_inputs(space, *PARITY_SHAPE, pair=pair, seed=1, padded=True)
+        names = [i.name for i in ort_session(tmp).get_inputs()]
+        if names != list(inputs):
+            raise ExportError(f"exported inputs are {names}, expected {list(inputs)}; this is a bug in the space's model")
+        diff = check_parity(model, tmp, inputs)
+        if not diff <= PARITY_TOL:  # also refuses NaN
+            raise ExportError(
+                f"onnxruntime output differs from torch by {diff:.3g} (> {PARITY_TOL:g}) at batch/seq_len "
+                f"{PARITY_SHAPE}; the export is wrong for this architecture, please report it with {arch_path}"
+            )
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ExportError(f"{out}: cannot write ({e.strerror}); check the folder exists and is writable") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "out": str(out), "space": arch.space, "preset": arch.preset, "inputs": names, "outputs": ["logits"],
+        "num_labels": num_labels, "pair": pair, "weights": str(weights) if weights is not None else None,
+        "params": sum(p.numel() for p in model.parameters()), "onnx_bytes": out.stat().st_size,
+        "parity_max_abs_diff": diff, "parity_batch": PARITY_SHAPE[0], "parity_seq_len": PARITY_SHAPE[1],
+    }
+
+
+def _first_difference(a, b) -> str:
+    for name in ("space", "version", "preset"):
+        if getattr(a, name) != getattr(b, name):
+            return f"{name} {getattr(a, name)!r} vs {getattr(b, name)!r}"
+    diffs = [k for k in a.choices if a.choices[k] != b.choices.get(k)]
+    return f"choice {diffs[0]!r}: {a.choices[diffs[0]]!r} vs {b.choices.get(diffs[0])!r}" if diffs else "choices"
