@@ -57,6 +57,10 @@ class Architecture:
         extra = set(d) - {"space", "version", "preset", "choices"}
         if extra:
             raise ArchError(f"{source}: unknown field(s) {sorted(extra)}")
+        for k, types, what in (("space", (str,), "a string"), ("preset", (str, type(None)), "a string"),
+                               ("version", (int,), "an integer")):
+            if not isinstance(d.get(k), types) or isinstance(d.get(k), bool):
+                raise ArchError(f"{source}: field {k!r} must be {what}, got {d.get(k)!r}")
         try:
             space = get_space(d["space"], d.get("preset"))
         except SpaceError as e:
@@ -86,8 +90,7 @@ class Architecture:
                 dec.index(choices[dec.name])
             except SpaceError as e:
                 raise ArchError(f"{source}: field 'choices.{dec.name}': {e}") from None
-        arch = Architecture(space.name, space.version, space.preset.name, {n: choices[n] for n in names})
-        return arch
+        return Architecture(space.name, space.version, space.preset.name, {n: choices[n] for n in names})
 
     @staticmethod
     def from_json(text: str, source: str = "<json>") -> Architecture:
@@ -100,9 +103,15 @@ class Architecture:
     @staticmethod
     def load(path: str | os.PathLike) -> Architecture:
         p = Path(path)
+        if p.is_dir():
+            raise ArchError(f"{p}: is a folder, not an architecture file; pass the path of its arch.json")
         if not p.is_file():
             raise ArchError(f"{p}: no such architecture file; create one with `hwnas sample --out {p}`")
-        return Architecture.from_json(p.read_text(), str(p))
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchError(f"{p}: cannot read the architecture file ({e}); fix or re-create it") from None
+        return Architecture.from_json(text, str(p))
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, self.to_json() + "\n")

@@ -36,12 +36,10 @@ class Decision:
     choices: tuple[Any, ...]  # JSON-able candidates (op templates as strings, ints for widths/counts)
 
     def index(self, value: Any) -> int:
-        try:
-            return self.choices.index(value)
-        except ValueError:
-            raise SpaceError(
-                f"decision {self.name!r}: {value!r} is not a candidate; choose one of {list(self.choices)}"
-            ) from None
+        for i, choice in enumerate(self.choices):
+            if type(choice) is type(value) and choice == value:  # 16.0 or true must not pass for 16 or 1
+                return i
+        raise SpaceError(f"decision {self.name!r}: {value!r} is not a candidate; choose one of {list(self.choices)}")
 
 
 OpBag = tuple[tuple[OpSpec, int], ...]  # ops that run, with how many times each
