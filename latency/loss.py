@@ -1,0 +1,232 @@
+"""Differentiable expected latency and budget penalties (torch).
+
+A :class:`CostModel` is what a predictor hands the search: a fixed ``overhead_ms`` plus one term per cost factor
+of the space, each a tensor of milliseconds over the choices of the 1 or 2 decisions it depends on. Under the
+search's (Gumbel-)softmax weights, decisions are independent, so the expected latency is
+
+    E[lat] = overhead + sum_terms  sum_{i,j} w_d1[i] * w_d2[j] * cost[i, j]
+
+which :func:`expected_latency` computes with one einsum per term, for weights with any leading batch dimensions,
+on any device. One-hot weights give exactly the predictor's figure for that architecture.
+
+>>> import torch
+>>> cost = CostModel(1.0, [(("a",), torch.tensor([1.0, 3.0])), (("a", "b"), torch.tensor([[0.0, 1.0], [2.0, 4.0]]))])
+>>> w = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.5, 0.5])}
+>>> float(expected_latency(w, cost))
+7.0
+>>> round(float(BudgetPenalty("hinge", budget_ms=5.0)(torch.tensor(0.0), torch.tensor(7.0))), 6)
+0.4
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from nas.errors import HwnasError
+
+if TYPE_CHECKING:
+    from nas.spaces.base import SearchSpace
+    from nas.spaces.ops import OpSpec
+
+
+class LossError(HwnasError, ValueError):
+    """A penalty name, budget or weight dictionary that the loss cannot use."""
+
+
+Term = tuple[tuple[str, ...], torch.Tensor]  # (decision names, cost tensor [n_choices(d) for d in decisions])
+
+
+@dataclass
+class CostModel:
+    """A model's latency (or any additive cost) as a fixed part plus per-decision tensors."""
+
+    overhead_ms: float  # cost of everything that does not depend on a decision (incl. 0-decision factors)
+    terms: list[Term] = field(default_factory=list)  # (decisions, cost tensor of shape [n_choices(d) ...])
+    unit: str = "ms"  # what the numbers are ("ms", or "params" for a capacity proxy)
+
+    def decisions(self) -> list[str]:
+        """Every decision some term depends on, in first-seen order."""
+        seen: dict[str, None] = {}
+        for names, _ in self.terms:
+            seen.update(dict.fromkeys(names))
+        return list(seen)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CostModel:
+        return CostModel(self.overhead_ms, [(n, c.to(device=device, dtype=dtype)) for n, c in self.terms], self.unit)
+
+    def value(self, indices: dict[str, int]) -> float:
+        """The cost of one architecture given its choice indices (the one-hot case, without tensors of weights)."""
+        total = self.overhead_ms
+        for names, cost in self.terms:
+            total += float(cost[tuple(indices[d] for d in names)])
+        return total
+
+    def range(self) -> tuple[float, float]:
+        """(min, max) over architectures, when no two terms share a 2-decision coupling (a bound otherwise)."""
+        lo = self.overhead_ms + sum(float(c.min()) for _, c in self.terms)
+        hi = self.overhead_ms + sum(float(c.max()) for _, c in self.terms)
+        return lo, hi
+
+
+def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_labels: int = 2,
+                     overhead: float = 0.0, unit: str = "ms", dtype: torch.dtype = torch.float64) -> CostModel:
+    """Turn ``space.cost_factors()`` into a :class:`CostModel` with ``per_op(spec)`` as each op's cost.
+
+    Each cell's cost is ``sum(count * per_op(spec))`` over the ops that run for that combination of choices;
+    factors with no decision go to the overhead.
+
+    Args:
+        space: the search space.
+        per_op: cost of one run of an op (ms for latency, a parameter count for capacity).
+        num_labels: classifier width (the head op depends on it).
+        overhead: a fixed extra cost (e.g. a predictor's per-call overhead).
+        unit: label stored on the result.
+        dtype: dtype of the cost tensors.
+    Returns:
+        The cost model.
+    """
+    sizes = {d.name: len(d.choices) for d in space.decisions()}
+    cache: dict[OpSpec, float] = {}
+
+    def cell_cost(bag) -> float:
+        total = 0.0
+        for spec, count in bag:
+            if spec not in cache:
+                cache[spec] = float(per_op(spec))
+            total += count * cache[spec]
+        return total
+
+    terms: list[Term] = []
+    for f in space.cost_factors(num_labels):
+        if not f.decisions:
+            overhead += cell_cost(f.cells[()])
+            continue
+        cost = torch.zeros([sizes[d] for d in f.decisions], dtype=dtype)  # [n_choices(d) for d in decisions]
+        for idx, bag in f.cells.items():
+            cost[idx] = cell_cost(bag)
+        terms.append((tuple(f.decisions), cost))
+    return CostModel(float(overhead), terms, unit)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def expected_latency(weights: dict[str, torch.Tensor], cost: CostModel) -> torch.Tensor:
+    """Expected cost under independent per-decision weights.
+
+    Args:
+        weights: decision name -> tensor ``(..., n_choices)`` of weights (softmax / Gumbel-softmax / one-hot);
+            leading dimensions must broadcast against each other.
+        cost: the cost model (its tensors are moved to the weights' device and dtype).
+    Returns:
+        Tensor ``(...)`` of expected milliseconds.
+
+    >>> import torch
+    >>> cost = CostModel(0.5, [(("d",), torch.tensor([1.0, 2.0]))])
+    >>> expected_latency({"d": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, cost).tolist()
+    [1.5, 2.5]
+    """
+    if not weights:
+        raise LossError("expected_latency: no weights given; pass one (..., n_choices) tensor per decision")
+    ref = next(iter(weights.values()))
+    total = None
+    for names, c in cost.terms:
+        missing = [d for d in names if d not in weights]
+        if missing:
+            raise LossError(f"expected_latency: no weights for decision(s) {missing}; the cost model needs "
+                            f"{cost.decisions()}")
+        ws = [weights[d] for d in names]
+        for axis, (d, w) in enumerate(zip(names, ws)):
+            if w.shape[-1] != c.shape[axis]:
+                raise LossError(f"expected_latency: weights for {d!r} have {w.shape[-1]} choices, "
+                                f"the cost model has {c.shape[axis]}")
+        c = c.to(device=ref.device, dtype=ref.dtype)  # [n_d1(, n_d2)]
+        subs = ",".join(f"...{_LETTERS[i]}" for i in range(len(ws))) + "," + _LETTERS[: len(ws)] + "->..."
+        term = torch.einsum(subs, *ws, c)  # (...)
+        total = term if total is None else total + term
+    if total is None:
+        total = torch.zeros(ref.shape[:-1], device=ref.device, dtype=ref.dtype)  # (...)
+    return total + cost.overhead_ms
+
+
+def one_hot_weights(space: SearchSpace, indices: dict[str, int], dtype: torch.dtype = torch.float64
+                    ) -> dict[str, torch.Tensor]:
+    """One-hot weights ``{decision: (n_choices,)}`` for the architecture with these choice indices."""
+    out = {}
+    for d in space.decisions():
+        w = torch.zeros(len(d.choices), dtype=dtype)  # (n_choices,)
+        w[indices[d.name]] = 1.0
+        out[d.name] = w
+    return out
+
+
+def argmax_indices(weights: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The most likely choice of every decision (weights without batch dimensions)."""
+    return {d: int(w.argmax(-1)) for d, w in weights.items()}
+
+
+# ------------------------------------------------------------------------------------------- penalties
+def _hinge(task_loss, e, budget, weight, beta):
+    return task_loss + weight * torch.relu(e / budget - 1.0)
+
+
+def _mul_log(task_loss, e, budget, weight, beta):
+    # logs of microseconds, so that budgets below 1 ms keep log(budget) > 0 (ProxylessNAS used ms on ~80 ms)
+    ratio = torch.log(e * 1000.0) / math.log(budget * 1000.0)
+    return weight * task_loss * ratio.clamp(min=1e-6) ** beta
+
+
+def _add_linear(task_loss, e, budget, weight, beta):
+    return task_loss + weight * (e - budget) / budget
+
+
+PENALTIES: dict[str, tuple[Callable, float, str]] = {
+    "hinge": (_hinge, 1.0, "task + weight * max(0, E/budget - 1)"),
+    "mul#log": (_mul_log, 1.0, "weight * task * (log E / log budget)^beta  (ProxylessNAS; logs of microseconds)"),
+    "add#linear": (_add_linear, 0.2, "task + weight * (E - budget) / budget  (ProxylessNAS additive)"),
+}
+PENALTIES["linear"] = PENALTIES["add#linear"]
+
+
+@dataclass
+class BudgetPenalty:
+    """A latency-budget loss, selected by name: ``hinge``, ``mul#log`` or ``add#linear`` (alias ``linear``).
+
+    ``penalty(task_loss, expected_ms)`` returns the combined loss; ``weight`` defaults per penalty
+    (1.0, 1.0, 0.2) and ``beta`` is the exponent of ``mul#log``.
+
+    >>> import torch
+    >>> p = BudgetPenalty("mul#log", budget_ms=10.0, beta=0.6)
+    >>> round(float(p(torch.tensor(2.0), torch.tensor(10.0))), 6)
+    2.0
+    """
+
+    name: str  # penalty name (see PENALTIES)
+    budget_ms: float  # latency budget
+    weight: float | None = None  # strength (None: the penalty's default)
+    beta: float = 0.6  # exponent of mul#log
+
+    def __post_init__(self) -> None:
+        if self.name not in PENALTIES:
+            raise LossError(f"unknown budget penalty {self.name!r}; choose one of {', '.join(sorted(PENALTIES))}")
+        if not self.budget_ms > 0:
+            raise LossError(f"budget_ms must be positive, got {self.budget_ms}")
+        if self.name == "mul#log" and self.budget_ms * 1000.0 <= 1.0:
+            raise LossError("mul#log needs a budget above 1 microsecond; use 'hinge' for such budgets")
+        if self.weight is None:
+            self.weight = PENALTIES[self.name][1]
+
+    def __call__(self, task_loss: torch.Tensor | float, expected_ms: torch.Tensor) -> torch.Tensor:
+        fn = PENALTIES[self.name][0]
+        task = torch.as_tensor(task_loss, dtype=expected_ms.dtype, device=expected_ms.device)
+        return fn(task, expected_ms, self.budget_ms, self.weight, self.beta)
+
+
+def budget_penalty(name: str, task_loss: torch.Tensor | float, expected_ms: torch.Tensor, budget_ms: float,
+                   **params) -> torch.Tensor:
+    """Functional form of :class:`BudgetPenalty`."""
+    return BudgetPenalty(name, budget_ms, **params)(task_loss, expected_ms)

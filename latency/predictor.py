@@ -1,0 +1,319 @@
+"""Latency predictors: (architecture, Context) -> milliseconds of the whole exported model on a profiled device.
+
+Every predictor is a sum of per-op effective costs plus a per-model overhead, so the same numbers feed
+``predict`` and the loss's :class:`~latency.loss.CostModel` (one-hot weights reproduce ``predict`` exactly).
+Kinds, by what gives the per-op ms and which corrections sit on top:
+
+* ``lut``: the profile's table (log-log interpolated between grid Contexts): the classic lookup table.
+* ``lut+calibration``: the table corrected by a linear model fitted on whole-model ``calibration`` rows
+  (:mod:`latency.calibration`): ``alpha(ctx) * op_ms + beta_kind(ctx)`` per op, ``gamma(ctx)`` per model.
+* ``regression``: a per-op model over op features (:mod:`latency.regression`), for widths and Contexts the
+  table lacks; ``regression+calibration`` adds the same calibration.
+* ``...+transfer``: a few-shot layer fitted on another device's whole-model rows (``hwnas fit --from``).
+
+>>> from nas.spaces import Context
+>>> p = load_predictor("profiles/mycpu")          # doctest: +SKIP
+>>> p.predict(arch, Context(1, 128))              # doctest: +SKIP
+3.41
+"""
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latency.calibration import FULL, Calibration, Row, fit_calibration
+from latency.loss import CostModel, build_cost_model
+from latency.lut import OpTable
+from latency.profile_data import PredictorError, ProfileData, profile_hash, read_profile
+from latency.regression import OpRegressor
+from nas.spaces.base import SearchSpace, get_space
+from nas.spaces.ops import Context, OpSpec
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "hwnas.predictor/1"
+KINDS = ("lut", "lut+calibration", "regression", "regression+calibration")
+DEFAULT_KIND = "lut+calibration"  # chosen by measured accuracy: see README "Predictors"
+FAR_FACTOR = {"lut": 2.0, "regression": 4.0}  # beyond this factor outside the grid, refuse to extrapolate
+
+
+class Predictor(abc.ABC):
+    """Interface: ``predict(arch, ctx) -> ms`` and ``cost_matrix(space, ctx) -> CostModel``.
+
+    Subclasses give per-op effective costs and the per-model overhead for one space and Context.
+    """
+
+    kind: str = ""
+
+    def __init__(self, spaces: list[dict], grid: dict[str, list[int]], profile: str, meta: dict | None = None):
+        self.spaces = spaces  # [{name, preset, version, num_labels}] the predictor covers
+        self.grid = {"batch": sorted(grid["batch"]), "seq_len": sorted(grid["seq_len"])}  # measured Contexts
+        self.profile = profile  # profile_hash of the device/backend/protocol it was fitted on
+        self.meta = meta or {}  # informative: profile name, backend, fit details
+        self._spaces: dict[str, SearchSpace] = {}
+        self._factors: dict[str, list] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def op_costs(self, space: str, specs: list[OpSpec], ctx: Context) -> np.ndarray:
+        """Effective ms ``(len(specs),)`` of one run of each op inside a model of ``space`` at ``ctx``."""
+
+    @abc.abstractmethod
+    def overhead_ms(self, space: str, ctx: Context) -> float:
+        """Per-model ms not attributed to any op."""
+
+    @abc.abstractmethod
+    def body(self) -> dict:
+        """The fitted parts, as plain JSON."""
+
+    far_factor: float = 2.0
+
+    # -- coverage checks ---------------------------------------------------------------------------------
+    def cover(self, name: str) -> dict:
+        for s in self.spaces:
+            if s["name"] == name:
+                return s
+        raise PredictorError(f"the profile does not cover space {name!r} (it covers "
+                             f"{[s['name'] for s in self.spaces]}); profile it with `hwnas profile --space {name}`")
+
+    def space(self, name: str, preset: str | None = None, version: int | None = None) -> SearchSpace:
+        """The covered space instance; raises when the preset or version differs from the fitted one."""
+        c = self.cover(name)
+        if preset is not None and c["preset"] is not None and preset != c["preset"]:
+            raise PredictorError(f"the profile covers {name!r} preset {c['preset']!r}, not {preset!r}; profile "
+                                 f"that preset (`hwnas profile --space {name} --preset {preset}`)")
+        sp = self._spaces.get(name) or get_space(name, c["preset"])
+        self._spaces[name] = sp
+        if sp.version != c["version"]:
+            raise PredictorError(f"the predictor was fitted on space {name!r} version {c['version']}, this hwnas "
+                                 f"has version {sp.version}; re-profile and refit (`hwnas fit PROFILE`)")
+        if version is not None and version != sp.version:
+            raise PredictorError(f"architecture is for {name!r} version {version}, the predictor for version "
+                                 f"{sp.version}; re-sample the architecture")
+        return sp
+
+    def check_context(self, ctx: Context, space: SearchSpace | None = None) -> list[str]:
+        """Warnings for a Context outside the measured grid; raises when it is far outside or invalid."""
+        if ctx.batch < 1 or ctx.seq_len < 1:
+            raise PredictorError(f"batch and seq_len must be positive, got batch {ctx.batch}, seq_len {ctx.seq_len}")
+        max_len = getattr(getattr(space, "preset", None), "max_len", None)
+        if max_len is not None and ctx.seq_len > max_len:
+            raise PredictorError(f"seq_len {ctx.seq_len} exceeds the space's position embeddings ({max_len}); "
+                                 f"use --seq-len <= {max_len}")
+        out, far = [], self.far_factor
+        for axis, v in (("batch", ctx.batch), ("seq_len", ctx.seq_len)):
+            g = self.grid[axis]
+            if v > far * g[-1] or v * far < g[0]:
+                raise PredictorError(
+                    f"{axis} {v} is far outside the profile's measured {axis} {g[0]}..{g[-1]} (more than {far:g}x); "
+                    f"the {self.kind} predictor will not extrapolate that far - add it to the grid "
+                    f"(`hwnas profile --{axis.replace('_', '-')} ...,{v}`) and refit")
+            if not g[0] <= v <= g[-1]:
+                out.append(f"{axis} {v} is outside the profile's measured {axis} {g[0]}..{g[-1]}: extrapolated, "
+                           f"expect larger errors")
+        for w in out:
+            log.warning(w)
+        return out
+
+    # -- predictions ---------------------------------------------------------------------------------------
+    def _cost_factors(self, sp: SearchSpace):
+        if sp.name not in self._factors:
+            self._factors[sp.name] = sp.cost_factors(self.cover(sp.name)["num_labels"])
+        return self._factors[sp.name]
+
+    def arch_bag(self, arch) -> tuple[SearchSpace, dict[OpSpec, int]]:
+        """The covered space and the ops ``arch`` runs, with multiplicity."""
+        sp = self.space(arch.space, arch.preset, arch.version)
+        idx = sp.indices(arch)
+        bag: dict[OpSpec, int] = {}
+        for f in self._cost_factors(sp):
+            for spec, n in f.cells[tuple(idx[d] for d in f.decisions)]:
+                bag[spec] = bag.get(spec, 0) + n
+        return sp, bag
+
+    def predict(self, arch, ctx: Context) -> float:
+        """Milliseconds of ``arch`` run whole at ``ctx`` on the profiled device and backend."""
+        sp, bag = self.arch_bag(arch)
+        self.check_context(ctx, sp)
+        specs = sorted(bag, key=lambda s: s.key)
+        costs = self.op_costs(sp.name, specs, ctx)
+        return float(self.overhead_ms(sp.name, ctx) + sum(bag[s] * float(c) for s, c in zip(specs, costs)))
+
+    def cost_matrix(self, space: SearchSpace, ctx: Context) -> CostModel:
+        """The :class:`CostModel` of ``space`` at ``ctx`` for the differentiable loss (float64 tensors)."""
+        sp = self.space(space.name, space.preset.name)
+        self.check_context(ctx, sp)
+        specs = sorted(sp.unique_ops(self.cover(sp.name)["num_labels"]), key=lambda s: s.key)
+        per = dict(zip(specs, (float(c) for c in self.op_costs(sp.name, specs, ctx))))
+        return build_cost_model(sp, per.__getitem__, self.cover(sp.name)["num_labels"],
+                                overhead=self.overhead_ms(sp.name, ctx))
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        import sklearn
+
+        from nas import __version__
+
+        return {
+            "schema": SCHEMA, "kind": self.kind, "profile": self.profile, "spaces": self.spaces, "grid": self.grid,
+            "meta": self.meta, **self.body(),
+            "versions": {"hwnas": __version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+                         "python": platform.python_version()},
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from nas.io import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+
+class OpPredictor(Predictor):
+    """Per-op base costs (table or regression) followed by zero or more calibration layers."""
+
+    def __init__(self, kind: str, base: OpTable | OpRegressor, layers: list[Calibration], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.kind, self.base, self.layers = kind, base, layers
+        self.far_factor = FAR_FACTOR["regression" if isinstance(base, OpRegressor) else "lut"]
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def base_ms(self, specs: list[OpSpec], ctx: Context) -> np.ndarray:
+        if isinstance(self.base, OpTable):
+            return self.base.ms([s.key for s in specs], ctx.batch, ctx.seq_len)
+        return self.base.ms(specs, ctx)
+
+    def _through(self, space: str, specs: list[OpSpec], ctx: Context, upto: int) -> np.ndarray:
+        ms = self.base_ms(specs, ctx)
+        for layer in self.layers[:upto]:
+            ms = layer.apply_ops(space, specs, ms, ctx)
+        return ms
+
+    def _overhead(self, space: str, ctx: Context, upto: int) -> float:
+        ovh = 0.0
+        for layer in self.layers[:upto]:
+            ovh = layer.apply_overhead(space, ovh, ctx)
+        return ovh
+
+    def op_costs(self, space: str, specs: list[OpSpec], ctx: Context) -> np.ndarray:
+        key = (space, ctx, tuple(specs))
+        if key not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[key] = self._through(space, specs, ctx, len(self.layers))
+        return self._cache[key]
+
+    def overhead_ms(self, space: str, ctx: Context) -> float:
+        return self._overhead(space, ctx, len(self.layers))
+
+    def body(self) -> dict:
+        if isinstance(self.base, OpTable):
+            base = {"type": "lut", **self.base.to_dict()}
+            schema = {"base": "op_key x grid (batch, seq_len) -> p50 ms; log(ms) bilinear in (log batch, log seq_len)"}
+        else:
+            base = {"type": "regression", **self.base.to_dict()}
+            schema = {"base": "log(ms) = per-kind linear(linear_features) + gradient-boosted trees(feature_names)",
+                      "feature_names": self.base.feature_names}
+        schema["layers"] = [layer.spec.__dict__ | {"role": layer.role} for layer in self.layers]
+        return {"feature_schema": schema, "base": base, "layers": [layer.to_dict() for layer in self.layers]}
+
+    # -- fitting -----------------------------------------------------------------------------------------------
+    def add_layer(self, rows: list[Row], spec=FULL, role: str = "calibration") -> None:
+        """Fit a calibration layer on ``rows`` on top of the current layers."""
+        n = len(self.layers)
+        layer = fit_calibration(rows, lambda sp, specs, c: self._through(sp, specs, c, n),
+                                lambda sp, c: self._overhead(sp, c, n), spec, role)
+        self.layers.append(layer)
+        self._cache.clear()
+
+
+def predictor_from_dict(d: Any, source: str = "predictor.json") -> Predictor:
+    """Rebuild a predictor from its JSON (checks schema, kind and space versions)."""
+    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        raise PredictorError(f"{source}: not an hwnas predictor ({SCHEMA}); refit with `hwnas fit PROFILE`")
+    try:
+        base_d = d["base"]
+        base = OpTable.from_dict(base_d) if base_d["type"] == "lut" else OpRegressor.from_dict(base_d)
+        layers = [Calibration.from_dict(x) for x in d["layers"]]
+        p = OpPredictor(d["kind"], base, layers, spaces=d["spaces"], grid=d["grid"], profile=d["profile"],
+                        meta=d.get("meta", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, PredictorError):
+            raise
+        raise PredictorError(f"{source}: malformed predictor file ({type(e).__name__}: {e}); refit with "
+                             f"`hwnas fit PROFILE`") from None
+    for s in p.spaces:
+        try:
+            p.space(s["name"])
+        except PredictorError as e:
+            raise PredictorError(f"{source}: {e}") from None
+    return p
+
+
+def load_predictor(path: str | os.PathLike, profile: ProfileData | None = None) -> Predictor:
+    """Load ``predictor.json`` (a file, or a profile folder holding one); check it belongs to that profile."""
+    p = Path(path)
+    f = p / "predictor.json" if p.is_dir() else p
+    if not f.is_file():
+        raise PredictorError(f"{f}: no predictor; fit one with `hwnas fit {p if p.is_dir() else p.parent}`")
+    try:
+        d = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise PredictorError(f"{f}: not valid JSON ({e.msg}); refit with `hwnas fit`") from None
+    pred = predictor_from_dict(d, str(f))
+    if profile is None and p.is_dir() and (p / "profile.json").is_file():
+        profile = read_profile(p, need_ops=False)
+    if profile is not None and pred.profile != profile_hash(profile.meta):
+        raise PredictorError(f"{f} was fitted on another device/backend/protocol than {profile.path}; refit with "
+                             f"`hwnas fit {profile.path}`")
+    return pred
+
+
+def e2e_rows(pred: Predictor, profile: ProfileData, split: str) -> list[Row]:
+    """Whole-model rows of a split as calibration rows (architectures parsed and checked)."""
+    from nas.arch import Architecture
+
+    rows = []
+    df = profile.e2e_split(split)
+    for i, r in df.iterrows():
+        arch = Architecture.from_json(r["arch_json"], f"{profile.path}/e2e.csv row {i}")
+        _, bag = pred.arch_bag(arch)
+        rows.append(Row(arch.space, Context(int(r["batch"]), int(r["seq_len"])), bag, float(r["latency_p50_ms"])))
+    return rows
+
+
+def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed: int = 0) -> Predictor:
+    """Fit a predictor of ``kind`` (default :data:`DEFAULT_KIND`) on a profile folder.
+
+    Calibration uses only the ``calibration`` split of ``e2e.csv``; the ``test`` split is for evaluation.
+
+    >>> p = fit("profiles/mycpu", "lut+calibration")   # doctest: +SKIP
+    """
+    kind = kind or DEFAULT_KIND
+    if kind not in KINDS:
+        raise PredictorError(f"unknown predictor kind {kind!r}; choose one of {', '.join(KINDS)}")
+    prof = profile if isinstance(profile, ProfileData) else read_profile(profile)
+    b, s = prof.grid()
+    if kind.startswith("lut"):
+        base: OpTable | OpRegressor = OpTable.from_frame(prof.ops, f"{prof.path}/ops.csv")
+    else:
+        base = OpRegressor.fit(prof.ops, seed=seed)
+    meta = {"profile_name": prof.name, "backend": prof.meta.get("backend", {}), "seed": seed}
+    pred = OpPredictor(kind, base, [], spaces=prof.spaces(), grid={"batch": b, "seq_len": s},
+                       profile=profile_hash(prof.meta), meta=meta)
+    if kind.endswith("+calibration"):
+        rows = e2e_rows(pred, prof, "calibration")
+        pred.add_layer(rows)
+        pred.meta["calibration_rows"] = len(rows)
+    return pred
+
+
+from latency.predictor_cli import evaluate_cli, fit_cli, predict_cli  # noqa: E402  (CLI entry points)
+
+__all__ = ["Predictor", "OpPredictor", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS",
+           "DEFAULT_KIND", "fit_cli", "predict_cli", "evaluate_cli"]

@@ -1,0 +1,130 @@
+"""``hwnas fit``, ``hwnas predict`` and ``hwnas evaluate-predictor``: parse-free handlers called by ``nas.cli``."""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+from latency.profile_data import PredictorError, read_profile
+from nas.spaces.ops import Context
+
+log = logging.getLogger(__name__)
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, default=str) if as_json else text)
+
+
+def fit_cli(args) -> int:
+    """``hwnas fit PROFILE [--kind K] [--from SRC --e2e-only --shots N]``: write ``PROFILE/predictor.json``."""
+    from latency.evaluate import evaluate
+    from latency.predictor import DEFAULT_KIND, fit, load_predictor
+
+    out = Path(args.profile) / "predictor.json"
+    if args.from_profile:
+        from latency.transfer import transfer
+
+        if not args.e2e_only:
+            raise PredictorError("--from adapts another device's predictor from this profile's whole-model rows; "
+                                 "add --e2e-only (or drop --from to fit this profile's own op table)")
+        if args.kind:
+            raise PredictorError("--kind applies to fitting a table; with --from the source predictor's kind is kept")
+        new = read_profile(args.profile, need_ops=False)
+        src_dir = Path(args.from_profile)
+        src = (load_predictor(src_dir) if (src_dir / "predictor.json").is_file() else fit(src_dir, DEFAULT_KIND))
+        pred = transfer(src, new, shots=args.shots, seed=getattr(args, "seed", 0))
+        prof = new
+    else:
+        if args.e2e_only:
+            raise PredictorError("--e2e-only needs --from SOURCE_PROFILE (the predictor to adapt)")
+        prof = read_profile(args.profile)
+        pred = fit(prof, args.kind)
+    pred.save(out)
+    summary = {"predictor": pred.kind, "path": str(out), "spaces": [s["name"] for s in pred.spaces],
+               "calibration_rows": pred.meta.get("calibration_rows"), "shots": pred.meta.get("shots")}
+    has_test = prof.e2e is not None and (prof.e2e["split"] == "test").any()
+    if has_test:
+        res = evaluate(pred, prof)
+        summary["test"] = {s: {k: r["all"][k] for k in ("n", "within_10_pct", "within_5_pct", "mape_pct")}
+                           for s, r in res.items()}
+    lines = [f"wrote {out} ({pred.kind})"] + [
+        f"  held-out {s}: n={m['n']} within10={m['within_10_pct']:.1%} within5={m['within_5_pct']:.1%} "
+        f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()]
+    _emit(summary, args.json, "\n".join(lines))
+    return 0
+
+
+def predict_cli(args) -> int:
+    """``hwnas predict PROFILE arch.json [--batch B --seq-len S] [--json]``."""
+    from latency.predictor import DEFAULT_KIND, fit, load_predictor
+    from nas.arch import Architecture
+
+    arch = Architecture.load(args.arch)
+    prof_dir = Path(args.profile)
+    notes: list[str] = []
+    if (prof_dir / "predictor.json").is_file():
+        pred = load_predictor(prof_dir)
+    else:
+        pred = fit(prof_dir, DEFAULT_KIND)
+        notes.append(f"no {prof_dir}/predictor.json: fitted the default '{DEFAULT_KIND}' predictor in memory "
+                     f"(save it with `hwnas fit {prof_dir}`)")
+    ctx = Context(args.batch, args.seq_len)
+    with warnings.catch_warnings():
+        sp = pred.space(arch.space, arch.preset, arch.version)
+        notes += pred.check_context(ctx, sp)
+        ms = pred.predict(arch, ctx)
+    obj = {"latency_ms": ms, "predictor": pred.kind, "batch": ctx.batch, "seq_len": ctx.seq_len,
+           "space": arch.space, "profile": str(prof_dir), "warnings": notes}
+    text = f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len})" + "".join(
+        f"\nwarning: {n}" for n in notes)
+    _emit(obj, args.json, text)
+    return 0
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.3f}"
+
+
+def evaluate_cli(args) -> int:
+    """``hwnas evaluate-predictor PROFILE [--kind K] [--plot PNG] [--json]``: every kind on the test split."""
+    from latency.evaluate import evaluate, plot, test_points
+    from latency.predictor import DEFAULT_KIND, KINDS, fit, load_predictor
+
+    prof_dir = Path(args.profile)
+    saved = (prof_dir / "predictor.json").is_file()
+    prof = read_profile(prof_dir, need_ops=False)
+    if args.kind and args.kind != "saved" and args.kind not in KINDS:
+        raise PredictorError(f"unknown predictor kind {args.kind!r}; choose one of {', '.join(KINDS)} or 'saved'")
+    kinds = [args.kind] if args.kind else ([*KINDS] if prof.ops is not None else []) + (["saved"] if saved else [])
+    if not kinds:
+        raise PredictorError(f"{prof_dir}: no op table and no predictor.json; fit one with `hwnas fit {prof_dir} "
+                             f"--from OTHER --e2e-only`")
+    if prof.ops is None and any(k != "saved" for k in kinds):
+        raise PredictorError(f"{prof_dir}: no op table (ops.csv) to fit {kinds} on; evaluate --kind saved")
+    results, points = {}, {}
+    for kind in kinds:
+        pred = load_predictor(prof_dir, prof) if kind == "saved" else fit(prof, kind)
+        label = f"saved ({pred.kind})" if kind == "saved" else kind
+        pts = test_points(pred, prof)
+        points[label] = pts
+        results[label] = evaluate(pred, prof, points=pts)
+    png = Path(args.plot) if args.plot else prof_dir / "predictor.png"
+    plot(points, png, title=f"{prof_dir.name}: predicted vs measured (held-out architectures)")
+    obj = {"profile": str(prof_dir), "backend": prof.meta.get("backend", {}), "default_kind": DEFAULT_KIND,
+           "plot": str(png), "results": results}
+    lines = [f"{prof_dir.name}  (held-out architectures; plot: {png})",
+             f"{'predictor':28s} {'space':8s} {'context':10s} {'n':>4s} {'+-5%':>6s} {'+-10%':>6s} {'MAPE%':>6s} "
+             f"{'RMSE ms':>8s} {'rho':>6s} {'rhoFLOP':>7s} {'rhoPar':>6s}"]
+    for label, res in results.items():
+        for space, r in res.items():
+            for cname, m in [("all", r["all"]), *r["contexts"].items()]:
+                lines.append(
+                    f"{label:28s} {space:8s} {cname:10s} {m['n']:4d} {_fmt(m['within_5_pct'], True):>6s} "
+                    f"{_fmt(m['within_10_pct'], True):>6s} {_fmt(m['mape_pct']):>6s} {_fmt(m['rmse_ms']):>8s} "
+                    f"{_fmt(m['spearman']):>6s} {_fmt(m.get('spearman_flops')):>7s} "
+                    f"{_fmt(m.get('spearman_params')):>6s}")
+    _emit(obj, args.json, "\n".join(lines))
+    return 0

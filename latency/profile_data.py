@@ -1,0 +1,134 @@
+"""What the predictors read from a profile folder: its metadata, op table and whole-model rows.
+
+:func:`read_profile` uses :func:`latency.table.load_profile` when it exists and falls back to reading the CSVs
+with pandas, so the predictors depend on one small function only. :func:`profile_hash` identifies the device,
+backend and protocol a predictor was fitted on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nas.errors import HwnasError
+
+OPS_COLUMNS = ("op_key", "kind", "hidden", "batch", "seq_len", "latency_p50_ms", "flops", "bytes")
+E2E_COLUMNS = ("arch_json", "space", "split", "batch", "seq_len", "latency_p50_ms")
+
+
+class PredictorError(HwnasError, ValueError):
+    """A profile, predictor file, architecture or Context that a predictor cannot use; says what to do."""
+
+
+@dataclass
+class ProfileData:
+    """The parts of a profile folder a predictor needs."""
+
+    path: Path  # the profile folder
+    meta: dict[str, Any]  # profile.json
+    ops: pd.DataFrame | None  # ops.csv (None for an e2e-only folder)
+    e2e: pd.DataFrame | None  # e2e.csv (None when absent)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def grid(self) -> tuple[list[int], list[int]]:
+        """(batch sizes, sequence lengths) of the op grid: from profile.json, else from ops.csv."""
+        g = self.meta.get("grid") or {}
+        if g.get("batch") and g.get("seq_len"):
+            return sorted(int(b) for b in g["batch"]), sorted(int(s) for s in g["seq_len"])
+        if self.ops is None:
+            raise PredictorError(f"{self.path}: profile.json has no 'grid' and there is no ops.csv")
+        return sorted(self.ops["batch"].unique().tolist()), sorted(self.ops["seq_len"].unique().tolist())
+
+    def spaces(self) -> list[dict[str, Any]]:
+        """``[{name, preset, version, num_labels}]`` the profile covers."""
+        out = []
+        for s in self.meta.get("spaces") or []:
+            out.append({"name": s["name"], "preset": s.get("preset"), "version": int(s.get("version", 1)),
+                        "num_labels": int(s.get("num_labels", 2))})
+        if not out:
+            raise PredictorError(f"{self.path}/profile.json lists no 'spaces'; re-run `hwnas profile` to rebuild it")
+        return out
+
+    def e2e_split(self, split: str) -> pd.DataFrame:
+        """Whole-model rows of one split (``calibration`` or ``test``)."""
+        if self.e2e is None or self.e2e.empty:
+            raise PredictorError(f"{self.path}: no whole-model measurements (e2e.csv); run `hwnas profile --e2e N "
+                                 f"--out {self.path}` to add some")
+        return self.e2e[self.e2e["split"] == split].reset_index(drop=True)
+
+    def backend_label(self) -> str:
+        b = self.meta.get("backend") or {}
+        return f"{b.get('name', '?')} {b.get('device', '?')} t{b.get('threads', '?')}"
+
+
+def _check_columns(df: pd.DataFrame, needed: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise PredictorError(f"{path}: missing column(s) {missing}; this file is not an hwnas profile table "
+                             f"(see docs/formats.md) - re-create it with `hwnas profile`")
+
+
+def _read_csv(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PredictorError(f"{path}: unreadable CSV ({e}); re-create it with `hwnas profile`") from None
+    _check_columns(df, needed, path)
+    return df
+
+
+def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
+    """Load a profile folder (``profile.json``, ``ops.csv``, ``e2e.csv``).
+
+    Args:
+        path: the profile folder.
+        need_ops: raise when ``ops.csv`` is missing (an e2e-only folder is enough for few-shot transfer).
+    Returns:
+        The profile's metadata and tables.
+    """
+    p = Path(path)
+    if not (p / "profile.json").is_file():
+        raise PredictorError(f"{p}: not a profile folder (no profile.json); create one with "
+                             f"`hwnas profile --out {p}` or pick one from `hwnas list profiles`")
+    try:
+        from latency.table import load_profile  # the profiler's loader, when present
+    except ImportError:
+        load_profile = None
+    if load_profile is not None:
+        try:
+            prof = load_profile(p)
+        except HwnasError as e:
+            raise PredictorError(str(e)) from None
+        ops, e2e = getattr(prof, "ops", None), getattr(prof, "e2e", None)
+        if ops is not None and ops.empty and not (p / "ops.csv").is_file():
+            ops = None
+        meta = prof.meta
+    else:
+        try:
+            meta = json.loads((p / "profile.json").read_text())
+        except json.JSONDecodeError as e:
+            raise PredictorError(f"{p}/profile.json: not valid JSON ({e.msg}); re-create it with `hwnas profile`") from None
+        ops = _read_csv(p / "ops.csv", OPS_COLUMNS) if (p / "ops.csv").is_file() else None
+        e2e = _read_csv(p / "e2e.csv", E2E_COLUMNS) if (p / "e2e.csv").is_file() else None
+    if ops is not None:
+        _check_columns(ops, OPS_COLUMNS, p / "ops.csv")
+    if e2e is not None:
+        _check_columns(e2e, E2E_COLUMNS, p / "e2e.csv")
+    if need_ops and (ops is None or ops.empty):
+        raise PredictorError(f"{p}: no op table (ops.csv); run `hwnas profile --out {p}`, or fit a few-shot "
+                             f"predictor with `hwnas fit {p} --from OTHER_PROFILE --e2e-only`")
+    return ProfileData(p, meta, ops, e2e)
+
+
+def profile_hash(meta: dict[str, Any]) -> str:
+    """A short stable id of the device, backend and protocol a profile was measured with."""
+    keep = {k: meta.get(k) for k in ("device", "backend", "protocol")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
