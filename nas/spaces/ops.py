@@ -237,17 +237,21 @@ class Conv(OpKind):
 
 
 class Pool(nn.Module):
+    """Same-length average or max pooling over time; padding never changes the outputs at real tokens."""
+
     def __init__(self, k: int, mode: str) -> None:
         super().__init__()
         self.k, self.mode = k, mode
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        xt = _masked(x, mask).transpose(1, 2)  # (B, H, T)
-        if self.mode == "avg":
+        if self.mode == "avg":  # padding counts as 0, like the zero padding past the ends
+            xt = _masked(x, mask).transpose(1, 2)  # (B, H, T)
             y = nn.functional.avg_pool1d(xt, self.k, stride=1, padding=self.k // 2, count_include_pad=True)
-        else:
-            y = nn.functional.max_pool1d(xt, self.k, stride=1, padding=self.k // 2)
-        return _masked(y.transpose(1, 2), mask)  # (B, T, H)
+            return _masked(y.transpose(1, 2), mask)  # (B, T, H)
+        pad = mask.unsqueeze(-1) == 0  # (B, T, 1); padding counts as -inf, like max_pool1d's own padding
+        xt = x.masked_fill(pad, torch.finfo(x.dtype).min).transpose(1, 2)  # (B, H, T)
+        y = nn.functional.max_pool1d(xt, self.k, stride=1, padding=self.k // 2)
+        return y.transpose(1, 2).masked_fill(pad, 0.0)  # (B, T, H)
 
 
 class _PoolKind(OpKind):
@@ -261,7 +265,8 @@ class _PoolKind(OpKind):
         return 0
 
     def flops(self, spec, ctx):
-        return ctx.tokens * spec.hidden * (spec.get("k") + 2)  # window reduce + 2 masks
+        mask_test = ctx.tokens if self.mode == "max" else 0  # max pooling compares the (B, T) mask once
+        return ctx.tokens * spec.hidden * (spec.get("k") + 2) + mask_test  # window reduce + 2 masks
 
     def bytes(self, spec, ctx):
         return F32 * 4 * ctx.tokens * spec.hidden
