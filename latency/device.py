@@ -1,0 +1,129 @@
+"""Device fingerprint: what a latency measurement depends on (CPU, cores, GPU, driver, library versions, threads).
+
+Two profiles may only be merged, or one resumed, when their fingerprints agree on :data:`COMPAT_FIELDS`.
+
+>>> fp = fingerprint(threads=1)
+>>> fp["threads"], fp["cores"] > 0, bool(fp["cpu_model"])
+(1, True, True)
+>>> cpu_slug("Intel(R) Core(TM) i7-10700K CPU @ 3.80GHz", 8)
+'intel-core-i7-10700k-8c'
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+# fingerprint fields that must be equal for two sets of measurements to be comparable
+COMPAT_FIELDS = (
+    "cpu_model", "cores", "machine", "gpu", "gpu_driver", "python", "torch", "onnxruntime", "numpy",
+)  # fmt: skip
+LIBRARIES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "numpy": ("numpy",)}
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def governor() -> str | None:
+    """The CPU frequency governor of cpu0, or None where the kernel does not expose it (VMs, containers)."""
+    return _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+
+
+def library_version(name: str) -> str | None:
+    for dist in LIBRARIES.get(name, (name,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def gpu_info() -> tuple[str | None, str | None]:
+    """(GPU name, NVIDIA driver version) when torch sees a CUDA device, else (None, None)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None, None
+    if not torch.cuda.is_available():
+        return None, None
+    name = torch.cuda.get_device_name(0)
+    text = _read("/proc/driver/nvidia/version") or ""
+    m = re.search(r"Kernel Module\s+([\d.]+)", text)
+    driver = m.group(1) if m else f"cuda-runtime-{torch.version.cuda}"
+    return name, driver
+
+
+def affinity_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def fingerprint(threads: int | None = None) -> dict:
+    """Describe this machine and its libraries.
+
+    Args:
+        threads: the fixed intra-op thread count of the measurement (None: not fixed, e.g. ``hwnas env``).
+    Returns:
+        A JSON-able dict: cpu_model, cores, cpu_affinity, governor, gpu, gpu_driver, os, machine, python,
+        torch, onnxruntime, numpy, threads.
+    """
+    gpu, driver = gpu_info()
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count() or 1,
+        "cpu_affinity": affinity_cores(),  # cores this process may run on (taskset); informative only
+        "governor": governor(),
+        "gpu": gpu,
+        "gpu_driver": driver,
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": library_version("torch"),
+        "onnxruntime": library_version("onnxruntime"),
+        "numpy": library_version("numpy"),
+        "threads": threads,
+    }
+
+
+_NOISE = re.compile(r"\((r|tm|c)\)|\b(cpu|processor|with .*graphics|\d+-core)\b|@.*$", re.IGNORECASE)
+
+
+def slug(text: str) -> str:
+    """Lower-case words joined by '-' (``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``)."""
+    return "-".join(re.findall(r"[a-z0-9]+", _NOISE.sub(" ", text).lower())) or "unknown"
+
+
+def cpu_slug(model: str, cores: int) -> str:
+    return f"{slug(model)}-{cores}c"
+
+
+def profile_name(fp: dict, backend_short: str, backend_version: str, threads: int, device: str = "cpu") -> str:
+    """The shipped-profile folder name ``<cpu>_<backend>-<major.minor>_t<threads>`` (GPU name for CUDA).
+
+    >>> profile_name({"cpu_model": "Intel(R) Xeon(R) Processor", "cores": 2}, "ort", "1.31.0", 1)
+    'intel-xeon-2c_ort-1.31_t1'
+    """
+    version = ".".join(re.split(r"[.+]", backend_version)[:2])
+    if device == "cuda":
+        where, backend_short = slug(fp.get("gpu") or "gpu"), f"{backend_short}cuda"
+    else:
+        where = cpu_slug(fp["cpu_model"], fp["cores"])
+    return f"{where}_{backend_short}-{version}_t{threads}"

@@ -1,0 +1,120 @@
+"""Timing one entry under the protocol: warm-up, then runs until the median is stable or the time cap is reached.
+
+Also the library entry point :func:`measure_arch` (one architecture end to end, as a user runs the exported
+model), which ``hwnas measure`` and the benchmarks call.
+
+>>> from nas.spaces import get_space
+>>> from nas.spaces.ops import Context
+>>> arch = get_space("nasbert", "tiny").sample(0)
+>>> r = measure_arch(arch, Context(1, 16), backend="torch", protocol=Protocol(min_runs=3, time_cap_s=0.05))
+>>> r["latency_p50_ms"] > 0 and r["n_runs"] >= 3
+True
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from latency.backends.base import Backend, Runnable, get_backend
+from latency.stats import Protocol, next_chunk, stop_reason, summarize
+from nas.spaces.ops import Context
+
+EXPORT_CTX = Context(2, 16)  # example shape graphs are exported (traced) at; axes stay dynamic
+
+
+def warm_up(backend: Backend, runnable: Runnable, protocol: Protocol) -> int:
+    """Untimed runs: at least ``warmup_runs`` and at least ``warmup_min_s`` seconds. Returns the run count."""
+    runs, spent, chunk = 0, 0.0, max(1, protocol.warmup_runs)
+    while runs < protocol.warmup_runs or spent < protocol.warmup_min_s:
+        spent += sum(backend.time(runnable, chunk))
+        runs += chunk
+        chunk = runs  # double
+    return runs
+
+
+def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None
+                     ) -> tuple[list[float], str]:
+    """Warm up, then time in growing chunks until :func:`latency.stats.stop_reason` says stop.
+
+    Returns:
+        (raw timings in seconds, the stop reason).
+    """
+    warm_up(backend, runnable, protocol)
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - start
+        reason = stop_reason(samples, elapsed, protocol, time_cap_s)
+        if reason:
+            return samples, reason
+        samples += backend.time(runnable, next_chunk(samples, elapsed, protocol, time_cap_s))
+
+
+def token_inputs(space, ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A user's inputs at ``ctx``: ``input_ids``, ``attention_mask`` (no padding) and ``token_type_ids`` where the
+    space's exported graph takes them (the same names :func:`nas.export.space_inputs` gives)."""
+    from nas.export import space_inputs
+
+    return space_inputs(space, batch=ctx.batch, seq_len=ctx.seq_len, pair=False, seed=seed, padded=False)
+
+
+def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", device: str = "cpu", threads: int = 1,
+                 protocol: Protocol | None = None, num_labels: int = 2) -> dict:
+    """Time one architecture end to end at one Context (exported model on onnxruntime, eager on torch).
+
+    Args:
+        arch: an :class:`nas.arch.Architecture` or the path of an architecture file.
+        ctx: the deployment shape ``Context(batch, seq_len)``.
+        backend: a backend name (``onnxruntime``, ``torch``) or an open :class:`Backend` (then ``device`` and
+            ``threads`` are its own).
+        protocol: the measurement protocol (default: :class:`Protocol`'s, whole-architecture time cap).
+    Returns:
+        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, rse, stop`` plus ``batch, seq_len, flops,
+        params, arch_json, space, preset`` and the backend's ``backend, version, device, threads``.
+    """
+    from nas.arch import Architecture
+
+    if not isinstance(arch, Architecture):
+        arch = Architecture.load(arch)
+    protocol = protocol or Protocol()
+    space = arch.get_space()
+    check_context(space, ctx)
+    own = not isinstance(backend, Backend)
+    be = get_backend(backend, threads=threads, device=device) if own else backend
+    try:
+        inputs = token_inputs(space, ctx)
+        runnable = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
+        be.bind(runnable, inputs)
+        samples, reason = measure_runnable(be, runnable, protocol, protocol.e2e_time_cap_s)
+        runnable.release()
+    finally:
+        if own:
+            be.close()
+    return {
+        "arch_json": arch.key, "space": arch.space, "preset": arch.preset, "batch": ctx.batch,
+        "seq_len": ctx.seq_len, **summarize(samples, protocol.rse_method), "stop": reason,
+        "flops": space.flops(arch, ctx, num_labels), "params": space.analytic_params(arch, num_labels),
+        "backend": be.name, "version": be.version, "device": be.device, "threads": be.threads,
+    }
+
+
+def check_context(space, ctx: Context) -> None:
+    """Refuse a Context the space's position table cannot hold, or a non-positive one."""
+    from nas.errors import HwnasError
+
+    if ctx.batch < 1 or ctx.seq_len < 1:
+        raise HwnasError(f"--batch and --seq-len must be positive, got batch={ctx.batch} seq_len={ctx.seq_len}")
+    max_len = getattr(space.preset, "max_len", None)
+    if max_len is not None and ctx.seq_len > max_len:
+        raise HwnasError(
+            f"--seq-len {ctx.seq_len} exceeds the position table of space {space.name!r} preset "
+            f"{space.preset.name!r} (max_len={max_len}); use --seq-len <= {max_len}"
+        )
+
+
+def quick_protocol(protocol: Protocol) -> Protocol:
+    """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
+    return replace(protocol, warmup_runs=2, warmup_min_s=0.01, min_runs=3, time_cap_s=0.08, e2e_time_cap_s=0.3,
+                   retest_fraction=0.05, retest_min=5)

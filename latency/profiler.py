@@ -1,0 +1,402 @@
+"""``hwnas profile``: every unique op of the chosen spaces at every Context of a grid, plus whole sampled
+architectures end to end, into a resumable profile folder (docs/formats.md).
+
+The plan is a fixed list of jobs (op entries and e2e entries) shuffled with the seed; jobs whose key is already
+in the folder are skipped, so killing the process at any moment and re-running the same command resumes where it
+stopped. Each result is appended durably as it comes (:class:`latency.table.RowAppender`). At the end a seeded
+sample of entries is measured again (test-retest agreement) and each op is set against the roofline.
+
+>>> cfg = ProfileConfig(spaces=(("nasbert", "tiny"),), batch=(1,), seq_len=(16,), e2e=2)
+>>> jobs = plan_jobs(cfg)
+>>> sum(j.kind == "e2e" for j in jobs), [j.split for j in jobs if j.kind == "e2e"].count("test")
+(2, 1)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+import os
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latency.backends.base import Backend, Runnable, get_backend
+from latency.device import fingerprint
+from latency.measure import EXPORT_CTX, check_context, measure_runnable, quick_protocol, token_inputs
+from latency.progress import Progress
+from latency.roofline import ROOFLINE_COLUMNS, measure_roofline, roofline_rows, roofline_summary
+from latency.stats import Protocol, retest_agreement, summarize
+from latency.table import (
+    E2E_COLUMNS,
+    E2E_KEY,
+    E2E_KINDS,
+    OPS_COLUMNS,
+    OPS_KEY,
+    OPS_KINDS,
+    SCHEMA,
+    ProfileError,
+    RowAppender,
+    check_compatible,
+    check_unique,
+    read_meta,
+    read_rows,
+    row_key,
+    write_meta,
+)
+from nas.spaces.ops import Context, OpSpec, build_op, get_op, op_bytes, op_flops
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
+QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 2
+NUM_LABELS = 2
+CACHE_GRAPHS = 16  # prepared graphs (sessions) kept alive at once; others are re-created from their files
+
+
+@dataclass
+class ProfileConfig:
+    """What one ``hwnas profile`` run measures, and how."""
+
+    backend: str = "onnxruntime"  # registered backend name
+    device: str = "cpu"  # cpu | cuda
+    threads: int = 1  # fixed intra-op threads
+    spaces: tuple[tuple[str, str | None], ...] = (("adabert", None), ("nasbert", None))  # (space, preset or default)
+    batch: tuple[int, ...] = DEFAULT_BATCH  # the Context grid: batch sizes ...
+    seq_len: tuple[int, ...] = DEFAULT_SEQ_LEN  # ... times sequence lengths
+    e2e: int = DEFAULT_E2E  # sampled whole architectures per space (half calibration, half test)
+    seed: int = 0  # order of measurement, e2e sampling, retest sample, weights and inputs
+    protocol: Protocol = field(default_factory=Protocol)  # the repeats rule
+    quick: bool = False  # the reduced --quick grid and protocol
+
+    def contexts(self) -> list[Context]:
+        return [Context(b, s) for b in self.batch for s in self.seq_len]
+
+    def load_spaces(self) -> list:
+        from nas.spaces import get_space
+
+        return [get_space(name, preset) for name, preset in self.spaces]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One entry to measure: an op or a whole architecture at one Context."""
+
+    kind: str  # "op" | "e2e"
+    graph: str  # op key or arch key: the prepared graph it runs
+    ctx: Context
+    spec: OpSpec | None = None
+    arch: object | None = None  # nas.arch.Architecture for e2e jobs
+    split: str | None = None  # calibration | test for e2e jobs
+    label: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return (self.graph, self.ctx.batch, self.ctx.seq_len)
+
+
+def sample_archs(space, n: int, seed: int) -> list:
+    """``n`` distinct architectures of ``space``, the same for the same seed."""
+    rng = random.Random(f"hwnas-e2e:{space.name}:{space.preset.name}:{seed}")
+    archs, seen = [], set()
+    for _ in range(50 * n):
+        if len(archs) == n:
+            break
+        a = space.sample(rng)
+        if a.key not in seen:
+            seen.add(a.key)
+            archs.append(a)
+    return archs
+
+
+def plan_jobs(cfg: ProfileConfig) -> list[Job]:
+    """Every entry of the profile in its measurement order (seeded shuffle)."""
+    spaces, ctxs = cfg.load_spaces(), cfg.contexts()
+    for space in spaces:
+        for ctx in ctxs:
+            check_context(space, ctx)
+    specs = sorted({s for space in spaces for s in space.unique_ops(num_labels=NUM_LABELS)}, key=lambda s: s.key)
+    jobs = [Job("op", s.key, c, spec=s, label=s.key) for s in specs for c in ctxs]
+    for space in spaces:
+        for i, arch in enumerate(sample_archs(space, cfg.e2e, cfg.seed)):
+            split = "calibration" if i % 2 == 0 else "test"
+            jobs += [Job("e2e", arch.key, c, arch=arch, split=split, label=f"{space.name}#{i}") for c in ctxs]
+    jobs.sort(key=lambda j: (j.kind, j.key))
+    random.Random(cfg.seed).shuffle(jobs)
+    return jobs
+
+
+def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
+    from nas import __version__
+
+    spaces = cfg.load_spaces()
+    return {
+        "schema": SCHEMA, "tool_version": __version__, "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "status": "running", "device": fingerprint(threads=cfg.threads), "backend": backend.info(),
+        "protocol": cfg.protocol.to_dict(), "grid": {"batch": list(cfg.batch), "seq_len": list(cfg.seq_len)},
+        "spaces": [{"name": s.name, "preset": s.preset.name, "version": s.version, "num_labels": NUM_LABELS}
+                   for s in spaces],
+        "e2e": {"per_space": cfg.e2e, "seed": cfg.seed, "split": "alternate: calibration, test, calibration, ..."},
+        "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [],
+    }
+
+
+class Graphs:
+    """Prepared graphs by key; beyond ``CACHE_GRAPHS`` live ones, the least recently used is released (its
+    exported file stays, so bringing it back costs a session, not an export)."""
+
+    def __init__(self, backend: Backend, seed: int) -> None:
+        self.backend, self.seed = backend, seed
+        self.prepared: dict[str, Runnable] = {}
+        self.alive: OrderedDict[str, None] = OrderedDict()
+
+    def inputs(self, job: Job, ctx: Context) -> dict[str, torch.Tensor]:
+        if job.kind == "e2e":
+            return token_inputs(job.arch.get_space(), ctx, seed=self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        return get_op(job.spec.kind).example_inputs(job.spec, ctx, gen)
+
+    def bound(self, job: Job) -> Runnable:
+        """The job's graph, bound to its Context's inputs."""
+        r = self.prepared.get(job.graph)
+        if r is None:
+            if job.kind == "e2e":
+                r = self.backend.prepare_arch(job.arch, self.inputs(job, EXPORT_CTX), NUM_LABELS, seed=self.seed)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed)
+                    module = build_op(job.spec)
+                r = self.backend.prepare(module, self.inputs(job, EXPORT_CTX))
+            self.prepared[job.graph] = r
+        self.alive[job.graph] = None
+        self.alive.move_to_end(job.graph)
+        while len(self.alive) > CACHE_GRAPHS:
+            old, _ = self.alive.popitem(last=False)
+            self.prepared[old].release()
+        self.backend.bind(r, self.inputs(job, job.ctx))
+        return r
+
+
+def measure_job(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
+    """One table row for ``job`` (ops.csv or e2e.csv columns)."""
+    cap = protocol.e2e_time_cap_s if job.kind == "e2e" else protocol.time_cap_s
+    samples, _ = measure_runnable(graphs.backend, graphs.bound(job), protocol, cap)
+    s = summarize(samples, protocol.rse_method)
+    ctx = job.ctx
+    if job.kind == "op":
+        spec = job.spec
+        return {"op_key": spec.key, "kind": spec.kind, "hidden": spec.hidden, "batch": ctx.batch,
+                "seq_len": ctx.seq_len, **s, "flops": op_flops(spec, ctx), "bytes": op_bytes(spec, ctx)}
+    space = job.arch.get_space()
+    return {"arch_json": job.arch.key, "space": space.name, "preset": space.preset.name, "split": job.split,
+            "batch": ctx.batch, "seq_len": ctx.seq_len, **s, "flops": space.flops(job.arch, ctx, NUM_LABELS),
+            "params": space.analytic_params(job.arch, NUM_LABELS)}
+
+
+def _lock(folder: Path):
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ProfileError(f"{folder}: another `hwnas profile` is writing to this folder; wait for it to finish "
+                           "or choose another --out") from None
+    return fd
+
+
+def open_folder(out: Path, meta: dict, force_new: bool) -> tuple[Path, dict | None]:
+    """The folder to write and its stored metadata (None for a new folder); refuses a foreign one."""
+    candidate = out
+    for i in range(2, 1000):
+        if not candidate.exists() or not any(candidate.iterdir()):
+            return candidate, None
+        try:
+            stored = read_meta(candidate)
+            check_compatible(candidate, stored, meta)
+            return candidate, stored
+        except ProfileError:
+            if not force_new:
+                raise
+        candidate = out.with_name(f"{out.name}-{i}")
+    raise ProfileError(f"{out}: too many folders {out.name}-N; choose another --out")  # pragma: no cover
+
+
+def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = False, progress: bool = False) -> dict:
+    """Measure (or resume) the profile ``cfg`` into folder ``out``.
+
+    Args:
+        cfg: what to measure.
+        out: the profile folder; resumed when it holds the same setup.
+        force_new: when ``out`` holds another setup, write to ``out-2`` (``-3``...) instead of refusing.
+        progress: show a progress bar (stderr).
+    Returns:
+        A summary: the folder, rows, entries measured by this call, wall time, median CV, retest, roofline.
+    """
+    t_start = time.perf_counter()
+    jobs = plan_jobs(cfg)
+    with get_backend(cfg.backend, threads=cfg.threads, device=cfg.device) as backend:
+        meta = new_meta(cfg, backend)
+        folder, stored = open_folder(Path(out), meta, force_new)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock(folder)
+        try:
+            meta = stored or meta
+            session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "measured": 0}
+            meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]
+            write_meta(folder, meta)
+            if not meta.get("roofline"):
+                meta["roofline"] = measure_roofline(backend)
+                write_meta(folder, meta)
+            done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
+            done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
+            todo = [j for j in jobs if j.key not in done]
+            retest = [] if meta.get("retest") else retest_sample(jobs, cfg.protocol)
+            graphs = Graphs(backend, cfg.seed)
+            bar = Progress(len(todo) + len(retest), enabled=progress)
+            with RowAppender(folder / "ops.csv", OPS_COLUMNS) as ops_out, \
+                    RowAppender(folder / "e2e.csv", E2E_COLUMNS) as e2e_out:
+                for job in todo:
+                    bar.show(f"{job.label} {job.ctx}")
+                    (ops_out if job.kind == "op" else e2e_out).append(measure_job(graphs, job, cfg.protocol))
+                    session["measured"] += 1
+                    bar.advance()
+            ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
+            e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
+            check_unique(folder / "ops.csv", ops, OPS_KEY)
+            check_unique(folder / "e2e.csv", e2e, E2E_KEY)
+            if retest:
+                meta["retest"] = run_retest(graphs, retest, ops + e2e, cfg.protocol, bar)
+            bar.close()
+            rows = roofline_rows(ops, meta["roofline"])
+            write_roofline_csv(folder / "roofline.csv", rows)
+            meta["roofline"]["summary"] = roofline_summary(rows)
+            session["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+            session["wall_s"] = round(time.perf_counter() - t_start, 1)
+            meta["status"] = "complete"
+            write_meta(folder, meta)
+        finally:
+            os.close(lock)
+    return summary(folder, meta, ops, e2e, session)
+
+
+def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
+    k = min(len(jobs), max(protocol.retest_min, round(protocol.retest_fraction * len(jobs))))
+    return random.Random(protocol.seed + 1).sample(jobs, k)
+
+
+def run_retest(graphs: Graphs, jobs: list[Job], rows: list[dict], protocol: Protocol, bar: Progress) -> dict:
+    """Measure ``jobs`` again; their agreement with the stored medians."""
+    first = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
+    a, b, entries = [], [], []
+    for job in jobs:
+        bar.show(f"retest {job.label} {job.ctx}")
+        second = measure_job(graphs, job, protocol)["latency_p50_ms"]
+        a.append(first[job.key])
+        b.append(second)
+        entries.append({"entry": f"{job.label} {job.ctx}", "first_ms": first[job.key], "second_ms": second})
+        bar.advance()
+    return {**retest_agreement(a, b), "entries": entries}
+
+
+def write_roofline_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
+    from nas.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ROOFLINE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session: dict) -> dict:
+    import numpy as np
+
+    cvs = [r["cv"] for r in ops + e2e]
+    retest = {k: v for k, v in (meta.get("retest") or {}).items() if k != "entries"}
+    roof = meta["roofline"]
+    return {
+        "out": str(folder), "status": meta["status"], "ops_rows": len(ops), "e2e_rows": len(e2e),
+        "measured_now": session["measured"], "wall_s": session.get("wall_s"),
+        "median_cv": round(float(np.median(cvs)), 4) if cvs else None, "retest": retest,
+        "peak_gflops": roof["peak_gflops"], "bandwidth_gbs": roof["bandwidth_gbs"],
+        "roofline": roof.get("summary", {}),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None], ...]:
+    """``--space adabert,nasbert`` with ``--preset tiny`` (all) or ``--preset adabert=tiny,nasbert=small``."""
+    names = [s.strip() for s in space.split(",") if s.strip()]
+    if not names:
+        raise ProfileError("--space is empty; name one or more spaces, e.g. --space adabert,nasbert")
+    per: dict[str, str] = {}
+    if preset and "=" in preset:
+        for item in preset.split(","):
+            k, _, v = item.partition("=")
+            per[k.strip()] = v.strip()
+        unknown = sorted(set(per) - set(names))
+        if unknown:
+            raise ProfileError(f"--preset names {unknown}, which are not in --space {space}")
+    return tuple((n, per.get(n) if per else preset) for n in names)
+
+
+def config_from_args(args) -> ProfileConfig:
+    quick = bool(getattr(args, "quick", False))
+    protocol = Protocol(seed=args.seed)
+    return ProfileConfig(
+        backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
+        batch=tuple(args.batch or (QUICK_BATCH if quick else DEFAULT_BATCH)),
+        seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else DEFAULT_SEQ_LEN)),
+        e2e=args.e2e if args.e2e is not None else (QUICK_E2E if quick else DEFAULT_E2E), seed=args.seed,
+        protocol=quick_protocol(protocol) if quick else protocol, quick=quick,
+    )
+
+
+def profile_cli(args) -> int:
+    """``hwnas profile``: measure or resume, then print the summary (``--json``: one object)."""
+    import json
+    import sys
+
+    result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    r, rt, roof = result, result["retest"], result["roofline"]
+    print(f"wrote {r['out']}: {r['ops_rows']} op rows, {r['e2e_rows']} e2e rows "
+          f"({r['measured_now']} measured now, {r['wall_s']} s)")
+    print(f"median CV {r['median_cv']}; retest on {rt.get('n')} entries: median |diff| "
+          f"{rt.get('median_abs_diff_pct')} %, p90 {rt.get('p90_abs_diff_pct')} %")
+    print(f"roofline: peak {r['peak_gflops']} GFLOP/s, bandwidth {r['bandwidth_gbs']} GB/s; ops at median "
+          f"{roof.get('median_pct_of_bound')} % of their bound")
+    if roof.get("n_faster_than_bound"):
+        print(f"warning: {roof['n_faster_than_bound']} entries faster than their roofline bound (broken timer or "
+              f"FLOP/byte count?), e.g. {roof['faster_than_bound'][:3]}; see roofline.csv", file=sys.stderr)
+    return 0
+
+
+def measure_cli(args) -> int:
+    """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
+    import json
+
+    from latency.measure import measure_arch
+    from nas.arch import Architecture
+
+    arch = Architecture.load(args.arch)
+    protocol = Protocol()
+    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=args.backend, device=args.device,
+                     threads=args.threads, protocol=protocol)
+    r["protocol"] = protocol.to_dict()
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
+              f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
+              f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs)")
+    return 0

@@ -1,0 +1,153 @@
+"""Statistics of raw timings, apart from measuring them: every function here is pure and tested on saved numbers.
+
+A backend returns a list of seconds, one per run; :func:`summarize` turns it into the table's columns and
+:func:`stop_reason` decides when an entry has been measured enough (the protocol's repeats rule).
+
+>>> s = summarize([0.010, 0.011, 0.012, 0.010, 0.011])
+>>> s["latency_p50_ms"], s["n_runs"]
+(11.0, 5)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+MAD_TO_SD = 1.4826  # sd of a normal distribution per unit of median absolute deviation
+MEDIAN_SE = 1.2533  # sqrt(pi/2): standard error of the median per sd/sqrt(n) for a normal distribution
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How each entry is measured; written into profile.json next to the numbers."""
+
+    warmup_runs: int = 3  # untimed runs before measuring (at least)
+    warmup_min_s: float = 0.05  # ... and warm up for at least this long
+    min_runs: int = 5  # timed runs, at least
+    max_runs: int = 5000  # timed runs, at most
+    target_rse: float = 0.01  # stop once the relative standard error of the median is at most this
+    time_cap_s: float = 0.5  # ... or once an op entry has been timed this long (min_runs still apply)
+    e2e_time_cap_s: float = 2.0  # the same cap for a whole architecture
+    statistic: str = "median"  # the reported latency (latency_p50_ms); p10/p90 and CV alongside
+    rse_method: str = "mad"  # standard error of the median: 1.2533 * 1.4826 * MAD / sqrt(n) (robust to outliers)
+    order: str = "shuffled"  # entries are measured in a seeded random order (drift does not favour one op)
+    seed: int = 0  # the order's and the retest sample's seed
+    retest_fraction: float = 0.05  # share of entries re-measured at the end (test-retest agreement)
+    retest_min: int = 20  # ... at least this many
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> Protocol:
+        names = {f.name for f in fields(Protocol)}
+        return Protocol(**{k: v for k, v in d.items() if k in names})
+
+
+def as_array(samples_s) -> np.ndarray:
+    x = np.asarray(samples_s, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("expected a non-empty 1-D list of timings")
+    return x
+
+
+def cv(samples_s) -> float:
+    """Coefficient of variation: sample standard deviation over mean (0 for a single run)."""
+    x = as_array(samples_s)
+    if x.size < 2 or x.mean() == 0:
+        return 0.0
+    return float(x.std(ddof=1) / x.mean())
+
+
+def rse_median(samples_s, method: str = "mad", n_boot: int = 200, seed: int = 0) -> float:
+    """Relative standard error of the median (a fraction of the median).
+
+    Args:
+        samples_s: timings.
+        method: ``"mad"``: 1.2533 * 1.4826 * MAD / sqrt(n) / median (robust, cheap); ``"sd"``: with the sample
+            standard deviation; ``"bootstrap"``: the sd of medians of ``n_boot`` resamples (fixed ``seed``).
+    Returns:
+        ``inf`` with fewer than 2 runs.
+    """
+    x = as_array(samples_s)
+    n, med = x.size, float(np.median(x))
+    if n < 2 or med <= 0:
+        return math.inf
+    if method == "mad":
+        spread = MAD_TO_SD * float(np.median(np.abs(x - med)))
+        return MEDIAN_SE * spread / math.sqrt(n) / med
+    if method == "sd":
+        return MEDIAN_SE * float(x.std(ddof=1)) / math.sqrt(n) / med
+    if method == "bootstrap":
+        rng = np.random.default_rng(seed)
+        meds = np.median(x[rng.integers(0, n, size=(n_boot, n))], axis=1)
+        return float(meds.std(ddof=1) / med)
+    raise ValueError(f"unknown rse method {method!r}; use mad, sd or bootstrap")
+
+
+def summarize(samples_s, method: str = "mad") -> dict:
+    """The table's latency columns from raw timings in seconds (milliseconds out, rounded to 1 ns)."""
+    x = as_array(samples_s) * 1e3
+    p10, p50, p90 = (round(float(v), 6) for v in np.percentile(x, [10, 50, 90]))
+    return {
+        "latency_p50_ms": p50,
+        "latency_p10_ms": p10,
+        "latency_p90_ms": p90,
+        "cv": round(cv(x), 6),
+        "n_runs": int(x.size),
+        "rse": round(rse_median(x, method), 6),
+    }
+
+
+def stop_reason(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> str | None:
+    """Whether to stop timing an entry: ``"stable"``, ``"time_cap"``, ``"max_runs"``, or None to go on.
+
+    ``min_runs`` always come first; then the entry stops as soon as the median is stable
+    (RSE <= ``target_rse``), its time is used up, or ``max_runs`` is reached.
+    """
+    cap = protocol.time_cap_s if time_cap_s is None else time_cap_s
+    n = len(samples_s)
+    if n < protocol.min_runs:
+        return None
+    if rse_median(samples_s, protocol.rse_method) <= protocol.target_rse:
+        return "stable"
+    if n >= protocol.max_runs:
+        return "max_runs"
+    if elapsed_s >= cap:
+        return "time_cap"
+    return None
+
+
+def next_chunk(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> int:
+    """How many runs to time before checking :func:`stop_reason` again: double the runs so far, but not past
+    the time cap (estimated from the median run) nor ``max_runs``; at least 1."""
+    cap = protocol.time_cap_s if time_cap_s is None else time_cap_s
+    n = len(samples_s)
+    if n < protocol.min_runs:
+        return protocol.min_runs - n
+    per_run = max(float(np.median(as_array(samples_s))), 1e-9)
+    by_time = int((cap - elapsed_s) / per_run) + 1
+    return max(1, min(n, by_time, protocol.max_runs - n))
+
+
+def retest_agreement(first_ms, second_ms) -> dict:
+    """Test-retest agreement of two measurements of the same entries (medians in ms).
+
+    Returns the median, p90 and max of ``|second - first| / first`` in percent, and the share within 2 %.
+    """
+    a, b = as_array(first_ms), as_array(second_ms)
+    if a.shape != b.shape:
+        raise ValueError("retest: both measurements must cover the same entries")
+    d = np.abs(b - a) / np.where(a > 0, a, np.nan) * 100
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(d.size),
+        "median_abs_diff_pct": round(float(np.median(d)), 3),
+        "p90_abs_diff_pct": round(float(np.percentile(d, 90)), 3),
+        "max_abs_diff_pct": round(float(d.max()), 3),
+        "within_2pct": round(float(np.mean(d <= 2.0)), 3),
+        "median_signed_diff_pct": round(float(np.median((b - a)[a > 0] / a[a > 0] * 100)), 3),
+    }
