@@ -95,6 +95,12 @@ def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
         The profile's metadata and tables.
     """
     p = Path(path)
+    try:
+        from latency.table import resolve  # a shipped profile's name works too
+
+        p = resolve(path)
+    except ImportError:
+        pass
     if not (p / "profile.json").is_file():
         raise PredictorError(f"{p}: not a profile folder (no profile.json); create one with "
                              f"`hwnas profile --out {p}` or pick one from `hwnas list profiles`")
@@ -130,5 +136,11 @@ def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
 
 def profile_hash(meta: dict[str, Any]) -> str:
     """A short stable id of the device, backend and protocol a profile was measured with."""
+    try:
+        from latency.table import fingerprint_hash
+
+        return fingerprint_hash(meta)
+    except ImportError:
+        pass
     keep = {k: meta.get(k) for k in ("device", "backend", "protocol")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]

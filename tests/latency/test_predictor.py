@@ -1,0 +1,204 @@
+"""Predictors: files, refits, interpolation, calibration, few-shot transfer, CLI and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from latency.evaluate import evaluate
+from latency.predictor import KINDS, fit, load_predictor, predictor_from_dict
+from latency.profile_data import PredictorError, read_profile
+from latency.transfer import transfer
+from nas.arch import Architecture
+from nas.cli import main
+from nas.spaces import Context, OpSpec, get_space
+
+CTX = Context(1, 32)
+
+
+@pytest.fixture(scope="module")
+def predictors(synth_profile):
+    return {k: fit(synth_profile, k) for k in KINDS}
+
+
+def _archs(n: int = 5):
+    return [get_space(name, "tiny").sample(seed) for name in ("adabert", "nasbert") for seed in range(n)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip_gives_identical_predictions(predictors, kind, tmp_path):
+    pred = predictors[kind]
+    path = pred.save(tmp_path / "predictor.json")
+    text = path.read_text()
+    assert "pickle" not in text and json.loads(text)["schema"] == "hwnas.predictor/1"
+    back = load_predictor(path)
+    for arch in _archs():
+        for ctx in (CTX, Context(2, 40)):
+            assert back.predict(arch, ctx) == pred.predict(arch, ctx)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refit_from_the_same_csv_gives_the_same_json(synth_profile, predictors, kind):
+    again = fit(synth_profile, kind)
+    assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(predictors[kind].to_dict(), sort_keys=True)
+
+
+def test_saved_file_names_its_schema_and_versions(predictors):
+    d = predictors["regression+calibration"].to_dict()
+    assert {"hwnas", "numpy", "scikit-learn", "python"} <= set(d["versions"])
+    assert "kind=conv" in d["feature_schema"]["feature_names"] and d["feature_schema"]["layers"]
+    assert {s["name"] for s in d["spaces"]} == {"adabert", "nasbert"}
+
+
+def test_calibration_beats_the_plain_table(synth_profile, predictors):
+    prof = read_profile(synth_profile)
+    for base in ("lut", "regression"):
+        plain = evaluate(predictors[base], prof)
+        cal = evaluate(predictors[base + "+calibration"], prof)
+        for space in ("adabert", "nasbert"):
+            assert cal[space]["all"]["mape_pct"] < plain[space]["all"]["mape_pct"] / 3
+            assert cal[space]["all"]["within_10_pct"] == 1.0
+
+
+def test_table_interpolates_between_grid_contexts(predictors):
+    pred = predictors["lut"]
+    arch = get_space("nasbert", "tiny").sample(0)
+    lo, mid, hi = (pred.predict(arch, Context(1, s)) for s in (32, 48, 64))
+    assert lo < mid < hi
+    assert pred.check_context(Context(1, 48), pred.space("nasbert")) == []
+
+
+def test_regression_covers_widths_the_table_lacks(predictors):
+    reg, lut = predictors["regression"], predictors["lut"]
+    small, big = OpSpec.parse("ffn:inner=64|h=32"), OpSpec.parse("ffn:inner=64|h=48")  # h=48 never measured
+    with pytest.raises(PredictorError, match="not in the profile's table"):
+        lut.op_costs("nasbert", [big], CTX)
+    a, b = reg.op_costs("nasbert", [small, big], CTX)
+    assert 0 < a < b
+
+
+def test_calibration_uses_only_the_calibration_split(synth_profile, tmp_path):
+    folder = tmp_path / "p"
+    shutil.copytree(synth_profile, folder)
+    e2e = pd.read_csv(folder / "e2e.csv")
+    e2e.loc[e2e["split"] == "test", "latency_p50_ms"] *= 50  # poison the test rows
+    e2e.to_csv(folder / "e2e.csv", index=False)
+    assert json.dumps(fit(folder, "lut+calibration").body()) == json.dumps(fit(synth_profile, "lut+calibration").body())
+
+
+def test_few_shot_transfer_from_twenty_rows(predictors, synth_profile_fast):
+    new = read_profile(synth_profile_fast)
+    src = predictors["lut+calibration"]
+    adapted = transfer(src, new, shots=20)
+    assert adapted.kind == "lut+calibration+transfer" and adapted.meta["shots"] == 20
+    res = evaluate(adapted, new)
+    before = evaluate(src.__class__(src.kind, src.base, src.layers, spaces=src.spaces, grid=src.grid,
+                                    profile=src.profile), new)
+    for space in ("adabert", "nasbert"):
+        assert res[space]["all"]["within_10_pct"] >= 0.9
+        assert res[space]["all"]["mape_pct"] < before[space]["all"]["mape_pct"] / 4
+
+
+def test_warns_outside_the_grid_and_refuses_far_outside(predictors, caplog):
+    pred, arch = predictors["lut+calibration"], get_space("adabert", "tiny").sample(0)
+    with caplog.at_level("WARNING"):
+        ms = pred.predict(arch, Context(6, 32))  # batch grid is 1..4
+    assert ms > 0 and "outside the profile's measured batch" in caplog.text
+    with pytest.raises(PredictorError, match="far outside.*seq_len"):
+        pred.predict(arch, Context(1, 6))  # seq_len grid starts at 16
+    with pytest.raises(PredictorError, match="far outside.*batch"):
+        pred.predict(arch, Context(16, 32))
+    with pytest.raises(PredictorError, match="position embeddings"):
+        pred.predict(arch, Context(1, 200))  # tiny presets stop at 128
+
+
+def test_space_and_version_mismatches_are_errors(synth_profile, predictors, tmp_path):
+    folder = tmp_path / "only_adabert"
+    shutil.copytree(synth_profile, folder)
+    meta = json.loads((folder / "profile.json").read_text())
+    meta["spaces"] = [s for s in meta["spaces"] if s["name"] == "adabert"]
+    (folder / "profile.json").write_text(json.dumps(meta))
+    e2e = pd.read_csv(folder / "e2e.csv")
+    e2e[e2e["space"] == "adabert"].to_csv(folder / "e2e.csv", index=False)
+    pred = fit(folder, "lut+calibration")
+    with pytest.raises(PredictorError, match="does not cover space 'nasbert'.*hwnas profile --space nasbert"):
+        pred.predict(get_space("nasbert", "tiny").sample(0), CTX)
+    small = Architecture.from_dict(get_space("adabert", "small").sample(0).to_dict())
+    with pytest.raises(PredictorError, match="preset 'tiny', not 'small'"):
+        pred.predict(small, CTX)
+    d = predictors["lut"].to_dict()
+    d["spaces"][0]["version"] = 99
+    with pytest.raises(PredictorError, match="version 99.*refit"):
+        predictor_from_dict(d)
+    with pytest.raises(PredictorError, match="not an hwnas predictor"):
+        predictor_from_dict({"schema": "other/1"})
+
+
+def test_predictor_of_another_profile_is_refused(synth_profile, synth_profile_fast, tmp_path):
+    folder = tmp_path / "other"
+    shutil.copytree(synth_profile_fast, folder)
+    fit(synth_profile, "lut").save(folder / "predictor.json")
+    with pytest.raises(PredictorError, match="another device"):
+        load_predictor(folder)
+
+
+def test_corrupt_profile_and_unknown_kind_are_errors(synth_profile, tmp_path):
+    with pytest.raises(PredictorError, match="not a profile folder"):
+        read_profile(tmp_path)
+    folder = tmp_path / "bad"
+    shutil.copytree(synth_profile, folder)
+    pd.read_csv(folder / "ops.csv").drop(columns=["flops"]).to_csv(folder / "ops.csv", index=False)
+    with pytest.raises(PredictorError, match="ops.csv"):
+        read_profile(folder)
+    with pytest.raises(PredictorError, match="unknown predictor kind 'xgb'"):
+        fit(synth_profile, "xgb")
+    ops = pd.read_csv(synth_profile / "ops.csv")
+    ops.iloc[3:].to_csv(folder / "ops.csv", index=False)  # one op loses grid points
+    with pytest.raises(PredictorError, match="incomplete"):
+        fit(folder, "lut")
+
+
+def test_cli_fit_predict_evaluate(synth_profile, synth_profile_fast, tmp_path, capsys):
+    folder = tmp_path / "cli"
+    shutil.copytree(synth_profile, folder)
+    arch = get_space("nasbert", "tiny").sample(3)
+    arch_path = arch.save(tmp_path / "arch.json")
+    assert main(["fit", str(folder), "--kind", "lut+calibration", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["predictor"] == "lut+calibration" and (folder / "predictor.json").is_file()
+    assert main(["predict", str(folder), str(arch_path), "--batch", "2", "--seq-len", "40", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"latency_ms", "predictor", "batch", "seq_len", "warnings"}
+    assert out["latency_ms"] == pytest.approx(load_predictor(folder).predict(arch, Context(2, 40)))
+    assert out["warnings"] == []
+    assert main(["predict", str(folder), str(arch_path), "--batch", "6", "--json"]) == 0  # seq 128: outside
+    assert len(json.loads(capsys.readouterr().out)["warnings"]) == 2
+    plot = tmp_path / "plot.png"
+    assert main(["evaluate-predictor", str(folder), "--plot", str(plot), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert plot.stat().st_size > 1000
+    assert set(out["results"]) == {*KINDS, "saved (lut+calibration)"}
+    ctx_stats = next(iter(out["results"]["lut"]["nasbert"]["contexts"].values()))
+    assert {"within_5_pct", "within_10_pct", "mape_pct", "rmse_ms", "spearman", "spearman_flops",
+            "spearman_params"} <= set(ctx_stats)
+    new = tmp_path / "new"
+    shutil.copytree(synth_profile_fast, new)
+    (new / "ops.csv").unlink()  # few-shot needs no op table
+    assert main(["fit", str(new), "--from", str(folder), "--e2e-only", "--shots", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["predictor"] == "lut+calibration+transfer" and out["shots"] == 12
+    assert main(["evaluate-predictor", str(new), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["results"]) == ["saved (lut+calibration+transfer)"]
+
+
+def test_cli_errors_are_one_line_with_status_2(synth_profile, tmp_path, capsys):
+    arch_path = get_space("adabert", "tiny").sample(0).save(tmp_path / "a.json")
+    assert main(["predict", str(synth_profile), str(arch_path), "--seq-len", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwnas: error:") and err.count("\n") == 1
+    assert main(["fit", str(tmp_path), "--kind", "lut"]) == 2
+    assert "not a profile folder" in capsys.readouterr().err
+    assert main(["fit", str(synth_profile), "--e2e-only"]) == 2
+    assert "--from" in capsys.readouterr().err
