@@ -187,7 +187,8 @@ def export_cli(arch_path: str | os.PathLike, out: str | os.PathLike, weights: st
     except OSError as e:
         raise ExportError(f"{out}: cannot write ({e.strerror}); check the folder exists and is writable") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():  # an export that failed its checks leaves nothing behind
+            tmp.unlink()
     return {
         "out": str(out), "space": arch.space, "preset": arch.preset, "inputs": names, "outputs": ["logits"],
         "num_labels": num_labels, "pair": pair, "weights": str(weights) if weights is not None else None,

@@ -123,9 +123,10 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
         raise ModelError(f"{path}: expected a JSON object")
     if d.get("format") != FORMAT:
         raise ModelError(f"{path}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}; re-save the model")
-    for name, kind in (("arch", dict), ("num_labels", int), ("pair", bool)):
+    for name, kind, what in (("arch", dict, "an object"), ("num_labels", int, "an integer"),
+                             ("pair", bool, "true or false")):
         if not isinstance(d.get(name), kind) or (kind is int and isinstance(d.get(name), bool)):
-            raise ModelError(f"{path}: field {name!r} must be a {kind.__name__}, got {d.get(name)!r}")
+            raise ModelError(f"{path}: field {name!r} must be {what}, got {d.get(name)!r}; re-save the model")
     known = set(ModelConfig.__dataclass_fields__)
     return ModelConfig(**{k: v for k, v in d.items() if k in known})
 
