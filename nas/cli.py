@@ -75,14 +75,19 @@ def cmd_list(args):
     if args.what == "spaces":
         rows = {n: {"version": c.version, "presets": sorted(c.presets), "default": c.default_preset}
                 for n, c in SPACE_REGISTRY.items()}
+        lines = [f"{n:<9} v{r['version']}  presets: {', '.join(r['presets'])} (default {r['default']})"
+                 for n, r in rows.items()]
     elif args.what == "ops":
         rows = {n: {"params": list(k.required), "fixed": k.fixed, "doc": (type(k).__doc__ or "").strip()}
                 for n, k in OP_REGISTRY.items()}
+        lines = [f"{n + (':' + ','.join(r['params']) if r['params'] else ''):<30} "
+                 f"{'fixed ' if r['fixed'] else 'hidden'}  {r['doc']}" for n, r in rows.items()]
     else:
         from latency.table import list_profiles
 
         rows = {p["name"]: p for p in list_profiles()}
-    emit(rows, args.json, "\n".join(f"{k}  {v}" for k, v in rows.items()))
+        lines = [f"{k}  {v}" for k, v in rows.items()] or ["no profiles yet; create one with `hwnas profile`"]
+    emit(rows, args.json, "\n".join(lines))
 
 
 cmd_list.arguments(lambda p: (p.add_argument("what", choices=["spaces", "ops", "profiles"]), _add_json(p)))

@@ -212,6 +212,8 @@ class ConvBlock(nn.Module):
 
 @register_op
 class Conv(OpKind):
+    """Conv1d over time (kernel k, dilation) with ReLU before and BatchNorm after (AdaBERT edge)."""
+
     name = "conv"
     required = ("dilation", "k")
 
@@ -274,12 +276,16 @@ class _PoolKind(OpKind):
 
 @register_op
 class AvgPool(_PoolKind):
+    """Average pooling over time, window k, same length (AdaBERT edge)."""
+
     name = "avgpool"
     mode = "avg"
 
 
 @register_op
 class MaxPool(_PoolKind):
+    """Max pooling over time, window k, same length (AdaBERT edge)."""
+
     name = "maxpool"
     mode = "max"
 
@@ -356,6 +362,8 @@ class MHA(nn.Module):
 
 @register_op
 class MHAKind(OpKind):
+    """Multi-head self-attention (heads x head_dim) with residual and post-LayerNorm (NAS-BERT layer)."""
+
     name = "mha"
     required = ("head_dim", "heads")
 
@@ -397,6 +405,8 @@ class FFN(nn.Module):
 
 @register_op
 class FFNKind(OpKind):
+    """Feed-forward block (hidden -> inner -> hidden, GeLU) with residual and post-LayerNorm (NAS-BERT layer)."""
+
     name = "ffn"
     required = ("inner",)
 
@@ -432,6 +442,8 @@ class SepConv(nn.Module):
 
 @register_op
 class SepConvKind(OpKind):
+    """Depthwise (kernel k) + pointwise convolution with GeLU, residual and post-LayerNorm (NAS-BERT layer)."""
+
     name = "sepconv"
     required = ("k",)
 
@@ -476,6 +488,8 @@ class Embedding(nn.Module):
 
 @register_op
 class EmbedKind(OpKind):
+    """Word + position + token-type embeddings, LayerNorm, projection to the model width (fixed part)."""
+
     name = "embed"
     required = ("dim", "max_len", "types", "vocab")
     fixed = True
@@ -519,6 +533,8 @@ class Head(nn.Module):
 
 @register_op
 class HeadKind(OpKind):
+    """Masked mean pooling, pooler (tanh) and classifier to `labels` logits (fixed part)."""
+
     name = "head"
     required = ("labels",)
     fixed = True
@@ -553,6 +569,8 @@ class Projection(nn.Module):
 
 @register_op
 class ProjKind(OpKind):
+    """Linear adapter from width d_in to the next block's width (fixed part, NAS-BERT)."""
+
     name = "proj"
     required = ("d_in",)
     fixed = True
@@ -588,6 +606,8 @@ class Combine(nn.Module):
 
 @register_op
 class CombineKind(OpKind):
+    """Mean of an AdaBERT cell's intermediate nodes: the cell output (fixed part)."""
+
     name = "combine"
     required = ("nodes",)
     fixed = True
