@@ -1,0 +1,46 @@
+# The README's commands. Every target that runs code creates .venv first (once; re-done when setup.cfg changes).
+#   make demo   sample, inspect and export an architecture of each space, then run it in onnxruntime
+#   make test   lint, then the whole test suite
+#   make lint   ruff only
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hwnas-installed
+TORCH := torch==2.13.0
+DEMO := runs/demo
+
+.PHONY: venv test lint demo
+
+venv: $(STAMP)
+
+# torch first, pinned (a CPU wheel), so that the editable install does not pull another build of it
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv
+	$(BIN)/ruff check .
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
+
+demo: venv
+	@mkdir -p $(DEMO)
+	$(BIN)/hwnas env
+	$(BIN)/hwnas list spaces
+	for space in adabert nasbert; do \
+	  $(BIN)/hwnas sample --space $$space --seed 0 --out $(DEMO)/$$space.json; \
+	  $(BIN)/hwnas info $(DEMO)/$$space.json --batch 1 --seq-len 128; \
+	  $(BIN)/hwnas export $(DEMO)/$$space.json --out $(DEMO)/$$space.onnx; \
+	  $(BIN)/python -c "import sys; from nas.arch import Architecture; from nas.export import ort_session, space_inputs; \
+	    sess = ort_session(sys.argv[2]); x = space_inputs(Architecture.load(sys.argv[1]).get_space(), batch=2, seq_len=32); \
+	    names = [i.name for i in sess.get_inputs()]; \
+	    print(sys.argv[2], \"in onnxruntime: logits\", sess.run([\"logits\"], {k: x[k].numpy() for k in names})[0].round(4))" \
+	    $(DEMO)/$$space.json $(DEMO)/$$space.onnx; \
+	done
+	# ---- later demo steps go below this line (hwnas profile --quick, hwnas fit, hwnas search ...) ----
