@@ -44,11 +44,12 @@ class CalibrationSpec:
     beta: tuple[str, ...] = ("one", "ktokens")  # basis of the per-op-kind additive correction
     gamma: tuple[str, ...] = ("one", "ktokens")  # basis of the per-model additive correction
     per_kind: bool = True  # fit beta per op kind (False: no beta at all)
-    ridge: float = 1e-4  # shrinkage towards the identity, per row, on standardised columns
+    ridge: float | None = None  # shrinkage towards the identity per row on standardised columns (None: by CV)
 
 
+RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # candidates of the cross-validated ridge
 FULL = CalibrationSpec()
-FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=(), gamma=("one",), per_kind=False, ridge=1e-2)
+FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=(), gamma=("one",), per_kind=False)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Row:
     ctx: Context
     bag: Counter  # OpSpec -> count
     measured_ms: float
+    group: str = ""  # the architecture (rows of one architecture are held out together in cross-validation)
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Calibration:
         if unknown:
             raise PredictorError(f"predictor.json: unknown calibration basis {unknown}; refit with `hwnas fit`")
         spec = CalibrationSpec(tuple(d["alpha_basis"]), tuple(d["beta_basis"]), tuple(d["gamma_basis"]),
-                               bool(d["per_kind"]), float(d["ridge"]))
+                               bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]))
         return Calibration(d["role"], spec, d["coef"])
 
 
@@ -155,13 +157,38 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
         scale = np.sqrt((xw**2).mean(0))  # (params,)
         scale[scale == 0] = 1.0
         xs = xw / scale
-        lam = spec.ridge * len(srows)
-        delta = np.linalg.solve(xs.T @ xs + lam * np.eye(xs.shape[1]), xs.T @ rw) / scale
-        theta = theta0 + delta
+        groups = [r.group for r in srows]
+        lam = spec.ridge if spec.ridge is not None else _cv_ridge(xs, rw, groups)
+        theta = theta0 + _ridge(xs, rw, lam) / scale
         coef[space] = {
             "alpha": [float(v) for v in theta[:na]],
             "beta": {k: [float(v) for v in theta[na + j * nb: na + (j + 1) * nb]] for j, k in enumerate(kinds)},
             "gamma": [float(v) for v in theta[na + nb * len(kinds):]],
             "rows": len(srows),
+            "ridge": lam,
         }
     return Calibration(role, spec, coef)
+
+
+def _ridge(xs: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
+    return np.linalg.solve(xs.T @ xs + lam * len(r) * np.eye(xs.shape[1]), xs.T @ r)
+
+
+def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> float:
+    """The ridge of :data:`RIDGE_GRID` with the least held-out squared relative error, holding out whole
+    architectures (leave-one-out up to 12 of them, else 6 folds); the strongest when there is one architecture."""
+    names = sorted(set(groups))
+    if len(names) < 2:
+        return RIDGE_GRID[-1]
+    fold_of = {g: (i if len(names) <= 12 else i % 6) for i, g in enumerate(names)}
+    folds = np.array([fold_of[g] for g in groups])
+    best = (np.inf, RIDGE_GRID[-1])
+    for lam in RIDGE_GRID:
+        err = 0.0
+        for f in np.unique(folds):
+            tr, te = folds != f, folds == f
+            delta = _ridge(xs[tr], r[tr], lam)
+            err += float(((xs[te] @ delta - r[te]) ** 2).sum())
+        if err < best[0] * (1 - 1e-9):
+            best = (err, lam)
+    return best[1]

@@ -19,6 +19,7 @@ on any device. One-hot weights give exactly the predictor's figure for that arch
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,10 +67,42 @@ class CostModel:
         return total
 
     def range(self) -> tuple[float, float]:
-        """(min, max) over architectures, when no two terms share a 2-decision coupling (a bound otherwise)."""
+        """A quick (lower, upper) bound over architectures: each term at its own min / max."""
         lo = self.overhead_ms + sum(float(c.min()) for _, c in self.terms)
         hi = self.overhead_ms + sum(float(c.max()) for _, c in self.terms)
         return lo, hi
+
+    def extremes(self) -> tuple[tuple[float, dict[str, int]], tuple[float, dict[str, int]]]:
+        """Exact ``((min, indices), (max, indices))`` over architectures.
+
+        The decisions that lead a 2-decision term (AdaBERT's ``cells``, NAS-BERT's block widths) are enumerated;
+        given them every other decision is independent. Decisions no term depends on are left out of
+        ``indices``.
+        """
+        hubs = list(dict.fromkeys(n[0] for n, _ in self.terms if len(n) == 2))
+        size = {d: c.shape[i] for n, c in self.terms for i, d in enumerate(n)}
+        if any(sum(d not in hubs for d in n) > 1 for n, _ in self.terms):  # pragma: no cover - no such space yet
+            raise LossError("extremes(): a term couples two non-leading decisions; enumerate them explicitly")
+        best: list = [None, None]
+        for combo in itertools.product(*(range(size[h]) for h in hubs)):
+            fixed = dict(zip(hubs, combo))
+            base, free = self.overhead_ms, {}
+            for n, c in self.terms:
+                idx = tuple(fixed.get(d, slice(None)) for d in n)
+                part = c[idx].to(torch.float64)
+                if part.dim() == 0:
+                    base += float(part)
+                else:
+                    d = next(d for d in n if d not in fixed)
+                    free[d] = free[d] + part if d in free else part.clone()
+            for k, pick in enumerate((torch.argmin, torch.argmax)):
+                choice = {d: int(pick(v)) for d, v in free.items()}
+                total = base + sum(float(v[choice[d]]) for d, v in free.items())
+                if best[k] is None or (total < best[k][0] if k == 0 else total > best[k][0]):
+                    best[k] = (total, {**fixed, **choice})
+        if best[0] is None:
+            return (self.overhead_ms, {}), (self.overhead_ms, {})
+        return best[0], best[1]
 
 
 def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_labels: int = 2,

@@ -283,7 +283,8 @@ def e2e_rows(pred: Predictor, profile: ProfileData, split: str) -> list[Row]:
     for i, r in df.iterrows():
         arch = Architecture.from_json(r["arch_json"], f"{profile.path}/e2e.csv row {i}")
         _, bag = pred.arch_bag(arch)
-        rows.append(Row(arch.space, Context(int(r["batch"]), int(r["seq_len"])), bag, float(r["latency_p50_ms"])))
+        rows.append(Row(arch.space, Context(int(r["batch"]), int(r["seq_len"])), bag, float(r["latency_p50_ms"]),
+                        arch.key))
     return rows
 
 

@@ -170,3 +170,18 @@ def test_capacity_cost_model_matches_analytic_params():
         for _ in range(4):
             arch = space.sample(rng)
             assert cap.value(space.indices(arch)) == pytest.approx(space.analytic_params(arch))
+
+
+@pytest.mark.parametrize("name", ["adabert", "nasbert"])
+def test_exact_extremes_match_brute_force(predictors, name):
+    space = get_space(name, "tiny")
+    cost = predictors["lut+calibration"].cost_matrix(space, CTX)
+    (lo, lo_idx), (hi, hi_idx) = cost.extremes()
+    values = [cost.value(space.indices(a)) for a in space.enumerate(limit=20000)]
+    if space.size() <= 20000:
+        assert lo == pytest.approx(min(values)) and hi == pytest.approx(max(values))
+    assert lo <= min(values) + 1e-12 and hi >= max(values) - 1e-12
+    full = {d.name: 0 for d in space.decisions()}
+    assert cost.value({**full, **lo_idx}) == pytest.approx(lo)
+    assert cost.value({**full, **hi_idx}) == pytest.approx(hi)
+    assert cost.range()[0] <= lo < hi <= cost.range()[1]

@@ -1,0 +1,149 @@
+"""Budget fidelity end to end -> benchmarks/results/budget_fidelity.json.
+
+For each space and 5 budgets spanning its predicted latency range at (batch 1, seq 128) and (batch 8, seq 64):
+10%, 30%, 50%, 70%, 90% of the way from the fastest architecture to the capacity optimum (the architecture with
+the most parameters; budgets above its latency do not bind, so it is the top of the range that matters):
+
+1. descend the differentiable loss on architecture weights alone (Adam on logits, softmax with an annealed
+   temperature), maximising a capacity proxy (expected parameter count) under a hinge budget penalty;
+2. take the argmax architecture; if its predicted latency is over the budget or more than 5% under it, move the
+   penalty's target (bisection) and descend again (at most 10 rounds; the best one within budget is kept);
+3. export it and measure it whole (``latency.measure.measure_arch``, what ``hwnas measure`` runs) with the
+   profile's backend and threads;
+4. record budget_ms, predicted_latency_ms, measured_latency_ms.
+
+Target: every measured latency within +5% of its budget and no more than 10% below it.
+
+Run pinned to the measuring core while nothing else measures:
+``OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/budget_fidelity.py [PROFILE]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency.loss import BudgetPenalty, build_cost_model, expected_latency  # noqa: E402
+from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
+from latency.profile_data import read_profile  # noqa: E402
+from nas.spaces import Context  # noqa: E402
+from nas.spaces.ops import op_params  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "budget_fidelity.json"
+CONTEXTS = (Context(1, 128), Context(8, 64))
+FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def descend(space, cost, capacity, target_ms: float, steps: int = 300, seed: int = 0) -> dict[str, int]:
+    """Argmax choice indices after descending -capacity + hinge(E[lat], target) on the weights alone."""
+    g = torch.Generator().manual_seed(seed)
+    logits = {d.name: (0.01 * torch.randn(len(d.choices), generator=g, dtype=torch.float64)).requires_grad_()
+              for d in space.decisions()}  # (n_choices,)
+    opt = torch.optim.Adam(logits.values(), lr=0.05)
+    penalty = BudgetPenalty("hinge", budget_ms=target_ms, weight=10.0)
+    cap_scale = capacity.extremes()[1][0]
+    for step in range(steps):
+        tau = 1.0 * (0.05 / 1.0) ** (step / (steps - 1))  # anneal 1 -> 0.05
+        w = {k: torch.softmax(v / tau, -1) for k, v in logits.items()}  # (n_choices,)
+        loss = penalty(-expected_latency(w, capacity) / cap_scale, expected_latency(w, cost))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: int(v.detach().argmax()) for k, v in logits.items()}
+
+
+def search(space, cost, capacity, budget_ms: float, seed: int = 0, max_rounds: int = 10
+           ) -> tuple[dict[str, int], float, int]:
+    """Descend, then move the penalty's target (bisection) until the argmax lands in [0.95, 1.0] x budget."""
+    target, lo_t, hi_t, best, rounds = budget_ms, None, None, None, 0
+    while rounds < max_rounds:
+        rounds += 1
+        idx = descend(space, cost, capacity, target, seed=seed)
+        pred = cost.value(idx)
+        if pred <= budget_ms and (best is None or pred > best[1]):
+            best = (idx, pred)
+        if 0.95 * budget_ms <= pred <= budget_ms:
+            break
+        if pred > budget_ms:
+            hi_t = target
+        else:
+            lo_t = target
+        if lo_t is not None and hi_t is not None:
+            target = (lo_t * hi_t) ** 0.5
+        else:
+            target *= min(1.5, 0.99 * budget_ms / pred)
+    if best is None:
+        best = (idx, pred)
+    return best[0], best[1], rounds
+
+
+def budget_range(cost, capacity) -> tuple[float, float]:
+    """(fastest architecture, the capacity optimum without a budget): budgets above the latter do not bind."""
+    (lo, _), _ = cost.extremes()
+    _, (_, cap_idx) = capacity.extremes()
+    return lo, cost.value({**{d: 0 for d in cost.decisions()}, **cap_idx})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("profile", nargs="?", default=None, help="profile folder (default: the shipped onnxruntime t1)")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.profile is None:
+        cands = sorted(p for p in (ROOT / "profiles").glob("*ort*_t1") if (p / "profile.json").is_file())
+        if not cands:
+            print("no shipped onnxruntime 1-thread profile under profiles/; pass a profile folder")
+            return 2
+        args.profile = str(cands[0])
+    from latency.measure import measure_arch
+
+    prof = read_profile(args.profile)
+    pred = (load_predictor(prof.path, prof) if (prof.path / "predictor.json").is_file() else fit(prof, DEFAULT_KIND))
+    backend = prof.meta["backend"]
+    rows = []
+    for cover in pred.spaces:
+        space = pred.space(cover["name"])
+        capacity = build_cost_model(space, lambda s: float(op_params(s)), cover["num_labels"], unit="params")
+        for ctx in CONTEXTS:
+            cost = pred.cost_matrix(space, ctx)
+            lo, hi = budget_range(cost, capacity)
+            for frac in FRACTIONS:
+                budget = lo + frac * (hi - lo)
+                t0 = time.perf_counter()
+                idx, predicted, rounds = search(space, cost, capacity, budget, seed=args.seed)
+                full = {d.name: idx.get(d.name, 0) for d in space.decisions()}
+                arch = space.from_indices(full)
+                search_s = time.perf_counter() - t0
+                m = measure_arch(arch, ctx, backend=backend["name"], device=backend.get("device", "cpu"),
+                                 threads=int(backend["threads"]), num_labels=cover["num_labels"])
+                meas = m["latency_p50_ms"]
+                row = {"space": space.name, "preset": space.preset.name, "batch": ctx.batch, "seq_len": ctx.seq_len,
+                       "budget_fraction": frac, "budget_ms": budget, "predicted_latency_ms": predicted,
+                       "measured_latency_ms": meas, "measured_over_budget_pct": 100 * (meas / budget - 1),
+                       "within_target": bool(0.9 * budget <= meas <= 1.05 * budget),
+                       "params": space.analytic_params(arch, cover["num_labels"]), "rounds": rounds,
+                       "search_s": round(search_s, 1), "cv": m["cv"], "n_runs": m["n_runs"], "arch": arch.to_dict()}
+                rows.append(row)
+                print(f"{space.name:8s} {str(ctx):8s} budget {budget:8.3f} ms  predicted {predicted:8.3f}  measured "
+                      f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  rounds {rounds}", flush=True)
+    ok = sum(r["within_target"] for r in rows)
+    result = {"profile": prof.name, "backend": backend, "predictor": pred.kind,
+              "target": "0.90 * budget <= measured <= 1.05 * budget", "within_target": ok, "total": len(rows),
+              "max_over_budget_pct": max(r["measured_over_budget_pct"] for r in rows),
+              "min_over_budget_pct": min(r["measured_over_budget_pct"] for r in rows), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{ok}/{len(rows)} within target; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Predictor accuracy on the shipped profiles -> benchmarks/results/predictor_accuracy.json.
+
+For every profile folder (default: each one under ``profiles/``) and every predictor kind:
+
+* held-out whole architectures (the ``test`` split, never used for fitting): share within +-5% / +-10%, MAPE,
+  RMSE, Spearman per space and Context, with the Spearman of FLOPs and of parameter count as baselines;
+* interpolation: each interior grid ``seq_len`` is removed from the op table *and* from the calibration rows,
+  the predictor is refitted, and the test rows at that ``seq_len`` are predicted;
+* cost to build: op and whole-model measurements and the measuring time they took.
+
+Then few-shot transfer between profiles of the same CPU (onnxruntime 1 -> 2 threads, onnxruntime -> torch):
+``transfer()`` from <= 10 / 20 calibration rows of the target, judged on the target's test split.
+
+Run: ``OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/predictor_accuracy.py [PROFILE ...]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency.evaluate import evaluate, test_points  # noqa: E402
+from latency.predictor import DEFAULT_KIND, KINDS, fit  # noqa: E402
+from latency.profile_data import ProfileData, read_profile  # noqa: E402
+from latency.transfer import transfer  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "predictor_accuracy.json"
+
+
+def summarise(res: dict) -> dict:
+    """Per space: the pooled figures plus the worst / mean per-Context Spearman (the targets are per Context)."""
+    out = {}
+    for space, r in res.items():
+        ctx = list(r["contexts"].values())
+
+        def rho(key, ctx=ctx):
+            vals = [m[key] for m in ctx if m[key] is not None]
+            return (float(np.min(vals)) if vals else None, float(np.mean(vals)) if vals else None)
+
+        out[space] = {**{k: r["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct",
+                                                  "rmse_ms")},
+                      "spearman_min_ctx": rho("spearman")[0], "spearman_mean_ctx": rho("spearman")[1],
+                      "spearman_pooled": r["all"]["spearman"],
+                      "spearman_flops_mean_ctx": rho("spearman_flops")[1],
+                      "spearman_params_mean_ctx": rho("spearman_params")[1],
+                      "contexts": r["contexts"]}
+    return out
+
+
+def without_seq(prof: ProfileData, seq: int) -> ProfileData:
+    """The profile as if ``seq`` had never been measured (ops and calibration rows; test rows kept)."""
+    ops = prof.ops[prof.ops["seq_len"] != seq].reset_index(drop=True)
+    e2e = prof.e2e[(prof.e2e["split"] == "test") | (prof.e2e["seq_len"] != seq)].reset_index(drop=True)
+    meta = json.loads(json.dumps(prof.meta))
+    meta["grid"]["seq_len"] = [s for s in meta["grid"]["seq_len"] if s != seq]
+    return replace(prof, ops=ops, e2e=e2e, meta=meta)
+
+
+def build_cost(prof: ProfileData) -> dict:
+    """Measurements behind a profile and the minutes they took (from its sessions, else estimated from runs)."""
+    ops, e2e = prof.ops if prof.ops is not None else [], prof.e2e if prof.e2e is not None else []
+    secs = sum(float(s.get("elapsed_s") or 0) for s in prof.meta.get("sessions") or [])
+    est = 0.0
+    for df in (ops, e2e):
+        if len(df):
+            est += float((df["latency_p50_ms"] * df["n_runs"]).sum()) / 1000.0
+    return {"op_measurements": int(len(ops)), "e2e_measurements": int(len(e2e)),
+            "e2e_calibration": int((e2e["split"] == "calibration").sum()) if len(e2e) else 0,
+            "e2e_test": int((e2e["split"] == "test").sum()) if len(e2e) else 0,
+            "profile_minutes": round(secs / 60, 1) if secs else None,
+            "timed_minutes_lower_bound": round(est / 60, 1)}
+
+
+def accuracy(prof: ProfileData) -> dict:
+    out = {"backend": prof.meta.get("backend", {}), "grid": prof.meta.get("grid"), "cost": build_cost(prof),
+           "kinds": {}, "interpolation": {}}
+    for kind in KINDS:
+        t0 = time.perf_counter()
+        pred = fit(prof, kind)
+        fit_s = time.perf_counter() - t0
+        pts = test_points(pred, prof)
+        out["kinds"][kind] = {"fit_s": round(fit_s, 2), "spaces": summarise(evaluate(pred, prof, points=pts))}
+        print(f"  {kind:24s} " + "  ".join(
+            f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} MAPE={m['mape_pct']:.1f} "
+            f"rho_min={m['spearman_min_ctx']}" for s, m in out["kinds"][kind]["spaces"].items()), flush=True)
+    seqs = sorted(prof.ops["seq_len"].unique().tolist())
+    for seq in seqs[1:-1]:
+        sub = without_seq(prof, int(seq))
+        res = {}
+        for kind in KINDS:
+            pred = fit(sub, kind)
+            pts = [p for p in test_points(pred, sub) if p["ctx"].seq_len == seq]
+            res[kind] = summarise(evaluate(pred, sub, points=pts))
+        out["interpolation"][f"seq_len={seq}"] = res
+        print(f"  interpolation seq_len={seq}: " + "  ".join(
+            f"{k}: " + ",".join(f"{s} 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%}" for s, m in r.items())
+            for k, r in res.items()), flush=True)
+    return out
+
+
+def few_shot(src: ProfileData, dst: ProfileData, shots_list=(10, 20), seeds=(0, 1, 2)) -> dict:
+    """Adapt ``src``'s default predictor to ``dst`` from a few of ``dst``'s calibration rows."""
+    base = fit(src, DEFAULT_KIND)
+    out = {"source": src.name, "target": dst.name, "no_adaptation": summarise(evaluate(base_as(base, dst), dst))}
+    own = fit(dst, DEFAULT_KIND) if dst.ops is not None and len(dst.ops) else None
+    if own is not None:
+        out["target_full_profile"] = summarise(evaluate(own, dst))
+    for shots in shots_list:
+        runs = [summarise(evaluate(transfer(base, dst, shots=shots, seed=s), dst)) for s in seeds]
+        out[f"shots={shots}"] = {
+            space: {k: float(np.mean([r[space][k] for r in runs])) for k in
+                    ("within_10_pct", "within_5_pct", "mape_pct", "spearman_min_ctx", "spearman_mean_ctx",
+                     "spearman_pooled")}
+            for space in runs[0]}
+        print(f"  few-shot {src.name} -> {dst.name}, {shots} shots: " + "  ".join(
+            f"{s}: 10%={m['within_10_pct']:.0%} rho={m['spearman_mean_ctx']:.3f}"
+            for s, m in out[f"shots={shots}"].items()), flush=True)
+    return out
+
+
+def base_as(pred, dst: ProfileData):
+    """``pred`` re-labelled for ``dst`` (no adaptation: what one gets by reusing another device's predictor)."""
+    from latency.predictor import predictor_from_dict
+    from latency.profile_data import profile_hash
+
+    p = predictor_from_dict(pred.to_dict())
+    p.profile = profile_hash(dst.meta)
+    return p
+
+
+def pairs(profs: list[ProfileData]) -> list[tuple[ProfileData, ProfileData]]:
+    """(source, target) pairs on the same CPU: the 1-thread onnxruntime profile to every other one."""
+    def b(p):
+        return p.meta.get("backend", {})
+
+    out = []
+    for s in profs:
+        if b(s).get("name") != "onnxruntime" or b(s).get("threads") != 1:
+            continue
+        for t in profs:
+            if t is not s and t.meta.get("device", {}).get("cpu_model") == s.meta.get("device", {}).get("cpu_model"):
+                out.append((s, t))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("profiles", nargs="*", help="profile folders (default: every one under profiles/)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    folders = [Path(p) for p in args.profiles] or sorted(
+        p for p in (ROOT / "profiles").iterdir() if (p / "profile.json").is_file())
+    profs = []
+    for f in folders:
+        prof = read_profile(f)
+        if prof.meta.get("status") not in (None, "complete"):
+            print(f"skipping {f}: status {prof.meta.get('status')!r}")
+            continue
+        profs.append(prof)
+    results = {"default_kind": DEFAULT_KIND, "profiles": {}, "few_shot": []}
+    for prof in profs:
+        print(f"{prof.name} ({prof.backend_label()})", flush=True)
+        results["profiles"][prof.name] = accuracy(prof)
+    for src, dst in pairs(profs):
+        results["few_shot"].append(few_shot(src, dst))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
