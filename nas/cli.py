@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hwnas: interrupted; re-run the same command to resume where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hwnas list ops | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

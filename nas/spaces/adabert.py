@@ -75,12 +75,13 @@ class AdaBertSpace(SearchSpace):
     def cost_factors(self, num_labels: int = 2) -> list[CostFactor]:
         p = self.preset
         ks = self.decision("cells").choices
+        add = OpSpec.make("add", p.hidden)  # each non-zero edge's output is added into its node
         factors = [CostFactor("embedding", (), {(): ((self.embed_spec(), 1),)})]
         for name, _, _ in edge_names():
             cells = {}
             for ki, k in enumerate(ks):
                 for ci, t in enumerate(p.ops):
-                    cells[(ki, ci)] = () if t == "zero" else ((self.op(t), k),)
+                    cells[(ki, ci)] = () if t == "zero" else ((self.op(t), k), (add, k))
             factors.append(CostFactor(name, ("cells", name), cells))
         combine = OpSpec.make("combine", p.hidden, nodes=NODES)
         factors.append(CostFactor("combine", ("cells",), {(ki,): ((combine, k),) for ki, k in enumerate(ks)}))

@@ -628,4 +628,34 @@ class CombineKind(OpKind):
         return {f"n{i}": torch.randn(ctx.batch, ctx.seq_len, spec.hidden, generator=gen) for i in range(spec.get("nodes"))}
 
 
+class Add(nn.Module):
+    """Element-wise sum of two activations (an AdaBERT node accumulating one incoming edge)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y  # (B, T, H)
+
+
+@register_op
+class AddKind(OpKind):
+    """Adds one edge's output into an AdaBERT node (fixed part, one per non-zero edge)."""
+
+    name = "add"
+    fixed = True
+
+    def build(self, spec):
+        return Add()
+
+    def params(self, spec):
+        return 0
+
+    def flops(self, spec, ctx):
+        return ctx.tokens * spec.hidden
+
+    def bytes(self, spec, ctx):
+        return F32 * 3 * ctx.tokens * spec.hidden
+
+    def example_inputs(self, spec, ctx, gen=None):
+        return {name: torch.randn(ctx.batch, ctx.seq_len, spec.hidden, generator=gen) for name in ("x", "y")}
+
+
 OpBuilder = Callable[[OpSpec], nn.Module]

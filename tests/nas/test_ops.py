@@ -107,6 +107,7 @@ KINDS = {
     "head": st.builds(dict, labels=st.integers(1, 5)),
     "proj": st.builds(dict, d_in=st.integers(4, 48)),
     "combine": st.builds(dict, nodes=st.integers(1, 4)),
+    "add": st.builds(dict),
 }
 CONTEXTS = st.builds(Context, batch=st.integers(1, 4), seq_len=st.integers(1, 24))
 

@@ -129,8 +129,6 @@ def test_adabert_model_flops_are_within_5_percent_for_conv_cells():
     assert s.flops(a, Context(2, 12)) == pytest.approx(counted, rel=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="AdaBERT cost factors omit the node-sum additions of each non-zero edge; "
-                                       "it shows on cells made of identity edges")
 def test_adabert_model_flops_identity_cells():
     s = get_space("adabert", "tiny")
     a = s.sample(0)
