@@ -184,8 +184,13 @@ class Graphs:
 def measure_job(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     """One table row for ``job`` (ops.csv or e2e.csv columns)."""
     cap = protocol.e2e_time_cap_s if job.kind == "e2e" else protocol.time_cap_s
-    samples, _ = measure_runnable(graphs.backend, graphs.bound(job), protocol, cap)
+    t0 = time.perf_counter()
+    runnable = graphs.bound(job)
+    t1 = time.perf_counter()
+    samples, reason = measure_runnable(graphs.backend, runnable, protocol, cap)
     s = summarize(samples, protocol.rse_method)
+    log.debug("%s %s %s: prepare %.3f s, measure %.3f s, %d runs, %s, p50 %.4f ms, cv %.3f", job.kind, job.label,
+              job.ctx, t1 - t0, time.perf_counter() - t1, len(samples), reason, s["latency_p50_ms"], s["cv"])
     ctx = job.ctx
     if job.kind == "op":
         spec = job.spec

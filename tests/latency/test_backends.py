@@ -1,0 +1,120 @@
+"""Backends: registry, every op of the tiny spaces runs at two Contexts on one prepared graph, thread handling,
+the library measure_arch, and the CUDA paths (marked gpu, skipped without CUDA)."""
+import numpy as np
+import pytest
+import torch
+
+from latency.backends import BACKEND_REGISTRY, BackendError, get_backend
+from latency.device import fingerprint
+from latency.measure import EXPORT_CTX, measure_arch
+from latency.stats import Protocol
+from nas.spaces import Context, get_space
+from nas.spaces.ops import build_op, get_op
+
+TINY_OPS = sorted({s for n in ("adabert", "nasbert") for s in get_space(n, "tiny").unique_ops()}, key=lambda s: s.key)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+FAST = Protocol(min_runs=3, time_cap_s=0.05, e2e_time_cap_s=0.1, warmup_min_s=0.0)
+
+
+def inputs(spec, ctx):
+    return get_op(spec.kind).example_inputs(spec, ctx, torch.Generator().manual_seed(0))
+
+
+def test_registry_and_errors():
+    assert {"onnxruntime", "torch"} <= set(BACKEND_REGISTRY)
+    with pytest.raises(BackendError, match="unknown backend 'tvm'; choose one of"):
+        get_backend("tvm")
+    with pytest.raises(BackendError, match="at least 1"):
+        get_backend("torch", threads=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="no CUDA device"):
+            get_backend("torch", device="cuda")
+    assert get_backend("ort").name == "onnxruntime"
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "torch"])
+def test_backend_info(name):
+    info = get_backend(name, threads=2).info()
+    assert {"name", "version", "device", "provider", "threads", "graph_optimization", "dtype"} <= set(info)
+    assert info["threads"] == 2 and info["version"]
+
+
+@pytest.mark.parametrize("spec", TINY_OPS, ids=lambda s: s.key)
+def test_every_tiny_op_runs_on_onnxruntime_at_two_contexts(spec):
+    torch.manual_seed(0)
+    module = build_op(spec).eval()
+    with get_backend("onnxruntime") as be:
+        r = be.prepare(module, inputs(spec, EXPORT_CTX))
+        for ctx in (Context(1, 8), Context(3, 24)):
+            x = inputs(spec, ctx)
+            be.bind(r, x)
+            t = be.time(r, 3)
+            assert len(t) == 3 and all(v > 0 for v in t)
+            got = r.session.run(None, r.feed)[0]
+            with torch.no_grad():
+                ref = module(*x.values()).numpy()
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_torch_backend_times_and_restores_threads():
+    spec = next(s for s in TINY_OPS if s.kind == "ffn")
+    be = get_backend("torch", threads=1)
+    before = torch.get_num_threads()
+    r = be.prepare(build_op(spec), inputs(spec, EXPORT_CTX))
+    be.bind(r, inputs(spec, Context(2, 16)))
+    t = be.time(r, 4)
+    assert len(t) == 4 and min(t) > 0
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_measure_arch_library_function(backend):
+    arch = get_space("adabert", "tiny").sample(2)
+    r = measure_arch(arch, Context(2, 16), backend=backend, protocol=FAST)
+    assert r["latency_p10_ms"] <= r["latency_p50_ms"] <= r["latency_p90_ms"] and r["n_runs"] >= 3
+    assert r["backend"] == backend and r["threads"] == 1 and r["flops"] > 0 and r["params"] > 0
+
+
+def test_fingerprint_has_the_protocol_fields():
+    fp = fingerprint(threads=1)
+    for k in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "os", "python", "torch", "onnxruntime", "numpy"):
+        assert k in fp
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
+@CUDA
+def test_torch_cuda_uses_events():
+    spec = next(s for s in TINY_OPS if s.kind == "mha")
+    be = get_backend("torch", device="cuda")
+    r = be.prepare(build_op(spec), inputs(spec, EXPORT_CTX))
+    be.bind(r, inputs(spec, Context(8, 64)))
+    assert all(a.is_cuda for a in r.args)
+    t = be.time(r, 5)
+    assert len(t) == 5 and min(t) > 0
+
+
+@pytest.mark.gpu
+@CUDA
+def test_onnxruntime_cuda_io_binding():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA execution provider (install onnxruntime-gpu)")
+    spec = next(s for s in TINY_OPS if s.kind == "ffn")
+    with get_backend("onnxruntime", device="cuda") as be:
+        assert be.info()["provider"] == "CUDAExecutionProvider"
+        r = be.prepare(build_op(spec), inputs(spec, EXPORT_CTX))
+        be.bind(r, inputs(spec, Context(8, 64)))
+        assert r.binding is not None
+        t = be.time(r, 5)
+        assert len(t) == 5 and min(t) > 0
+
+
+@pytest.mark.gpu
+@CUDA
+def test_measure_arch_on_cuda():
+    arch = get_space("nasbert", "tiny").sample(0)
+    r = measure_arch(arch, Context(4, 32), backend="torch", device="cuda", protocol=FAST)
+    assert r["device"] == "cuda" and r["latency_p50_ms"] > 0

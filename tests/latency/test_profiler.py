@@ -1,0 +1,176 @@
+"""hwnas profile / measure: the plan, resume after a real SIGKILL, refusal of foreign folders, protocol fields,
+roofline, and the measure command's JSON."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from latency.measure import quick_protocol
+from latency.profiler import ProfileConfig, plan_jobs, run_profile
+from latency.roofline import roofline_rows
+from latency.stats import Protocol
+from latency.table import E2E_COLUMNS, E2E_KINDS, OPS_COLUMNS, OPS_KINDS, ProfileError, load_profile, read_rows
+from nas.cli import main
+from nas.errors import HwnasError
+
+TINY = (("adabert", "tiny"), ("nasbert", "tiny"))
+CLI_TINY = ["--space", "adabert,nasbert", "--preset", "tiny", "--quick"]
+
+
+def tiny_config(**kw) -> ProfileConfig:
+    base = dict(spaces=TINY, batch=(1,), seq_len=(16,), e2e=2, protocol=quick_protocol(Protocol()), quick=True)
+    return ProfileConfig(**{**base, **kw})
+
+
+def keys(folder):
+    ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
+    e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
+    return [(r["op_key"], r["batch"], r["seq_len"]) for r in ops] + [(r["arch_json"], r["batch"], r["seq_len"]) for r in e2e]
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "tiny"
+    result = run_profile(tiny_config(), out)
+    return out, result
+
+
+def test_plan_is_seeded_and_complete():
+    cfg = tiny_config(batch=(1, 2), seq_len=(16, 32), e2e=4)
+    jobs = plan_jobs(cfg)
+    assert [j.key for j in jobs] == [j.key for j in plan_jobs(cfg)]
+    assert [j.key for j in jobs] != [j.key for j in plan_jobs(replace(cfg, seed=1))]
+    assert len({j.key for j in jobs}) == len(jobs)
+    n_ops = len({s.key for space in cfg.load_spaces() for s in space.unique_ops()})
+    assert len(jobs) == 4 * (n_ops + 2 * 4)
+    splits = [j.split for j in jobs if j.kind == "e2e" and j.ctx.batch == 1 and j.ctx.seq_len == 16]
+    assert sorted(splits) == ["calibration"] * 4 + ["test"] * 4
+    kinds = [j.kind for j in jobs]
+    assert kinds[: len(kinds) // 2].count("e2e") > 0  # interleaved, not all ops first
+
+
+def test_context_beyond_the_position_table_is_refused():
+    with pytest.raises(HwnasError, match=r"--seq-len 256 exceeds .*max_len=128"):
+        plan_jobs(tiny_config(seq_len=(256,)))
+
+
+def test_profile_rows_protocol_roofline_retest(tiny_profile):
+    out, result = tiny_profile
+    p = load_profile(out)
+    assert sorted(keys(out)) == sorted(j.key for j in plan_jobs(tiny_config()))
+    assert result["status"] == "complete" and result["ops_rows"] == len(p.ops) and result["e2e_rows"] == len(p.e2e)
+    assert (p.ops["latency_p10_ms"] <= p.ops["latency_p50_ms"]).all()
+    assert (p.ops["latency_p50_ms"] <= p.ops["latency_p90_ms"]).all()
+    assert (p.ops["n_runs"] >= 3).all() and set(p.e2e["split"]) == {"calibration", "test"}
+    m = p.meta
+    for field in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "torch", "onnxruntime", "numpy", "threads"):
+        assert field in m["device"], field
+    assert {"name", "version", "device", "provider", "threads", "graph_optimization", "dtype"} <= set(m["backend"])
+    assert {"warmup_runs", "warmup_min_s", "min_runs", "max_runs", "target_rse", "time_cap_s", "statistic", "order",
+            "seed"} <= set(m["protocol"])
+    assert m["grid"] == {"batch": [1], "seq_len": [16]} and m["created"] and m["tool_version"]
+    assert m["roofline"]["peak_gflops"] > 0 and m["roofline"]["bandwidth_gbs"] > 0
+    assert m["retest"]["n"] >= 5 and m["retest"]["median_abs_diff_pct"] >= 0
+    assert (out / "roofline.csv").read_text().startswith("op_key,")
+
+
+def test_rerun_measures_nothing_and_duplicates_nothing(tiny_profile):
+    out, _ = tiny_profile
+    before = keys(out)
+    result = run_profile(tiny_config(), out)
+    assert result["measured_now"] == 0 and keys(out) == before
+
+
+def test_roofline_flags_a_measurement_faster_than_the_bound(tiny_profile):
+    out, _ = tiny_profile
+    p = load_profile(out)
+    roof = p.meta["roofline"]
+    row = p.ops[p.ops["flops"] > 0].iloc[0].to_dict()
+    ok = roofline_rows([row], roof)[0]
+    assert not ok["faster_than_bound"] and 0 < ok["pct_of_bound"] <= 100 / (1 - roof["tolerance"])
+    broken = roofline_rows([{**row, "latency_p50_ms": ok["bound_ms"] / 10}], roof)[0]  # a timer 10x too fast
+    assert broken["faster_than_bound"] and broken["pct_of_bound"] == pytest.approx(1000, rel=0.01)
+    free = roofline_rows([{**row, "flops": 0, "bytes": 0}], roof)[0]
+    assert free["pct_of_bound"] is None and not free["faster_than_bound"]
+
+
+def _cli(argv, capsys):
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_refuses_another_setup_then_force_new(tiny_profile, tmp_path, capsys):
+    out, _ = tiny_profile
+    argv = ["profile", "--out", str(out), *CLI_TINY, "--batch", "1", "--seq-len", "16", "--e2e", "2", "--json"]
+    rc, stdout, err = _cli([*argv, "--threads", "2"], capsys)
+    assert rc == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "backend.threads 1 -> 2" in err and "--force-new" in err
+    rc, stdout, err = _cli([*argv, "--threads", "2", "--force-new", "--e2e", "0"], capsys)
+    assert rc == 0 and json.loads(stdout)["out"] == f"{out}-2"
+    assert load_profile(f"{out}-2").meta["backend"]["threads"] == 2
+
+
+def test_refuses_another_fingerprint_and_a_corrupt_table(tiny_profile, tmp_path, capsys):
+    out, _ = tiny_profile
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    meta = json.loads((out / "profile.json").read_text())
+    meta["device"]["onnxruntime"] = "1.0.0"
+    (foreign / "profile.json").write_text(json.dumps(meta))
+    argv = ["profile", "--out", str(foreign), *CLI_TINY, "--batch", "1", "--seq-len", "16", "--e2e", "2"]
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and "device.onnxruntime '1.0.0'" in err and len(err.strip().splitlines()) == 1
+    meta["device"]["onnxruntime"] = json.loads((out / "profile.json").read_text())["device"]["onnxruntime"]
+    (foreign / "profile.json").write_text(json.dumps(meta))
+    (foreign / "ops.csv").write_text("key,ms\n")
+    rc, _, err = _cli(argv, capsys)
+    assert rc == 2 and "ops.csv: bad header" in err
+
+
+def test_not_a_profile_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ProfileError, match="not a profile folder"):
+        run_profile(tiny_config(), tmp_path)
+
+
+def test_resume_after_sigkill(tmp_path):
+    """Kill a real `hwnas profile` mid-run (twice), re-run: no row lost or duplicated."""
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "nas.cli", "profile", "--out", str(out), *CLI_TINY, "--batch", "1,2",
+            "--seq-len", "16,32", "--e2e", "2", "--json"]
+    expected = sorted(j.key for j in plan_jobs(tiny_config(batch=(1, 2), seq_len=(16, 32))))
+    for kill_after_rows in (3, 40):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "ops.csv").exists() and len(keys(out)) >= kill_after_rows:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        got = keys(out)
+        assert len(got) == len(set(got)) and 0 < len(got) < len(expected)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["measured_now"] == len(expected) - len(got)
+    final = keys(out)
+    assert sorted(final) == expected and len(final) == len(set(final))
+    assert load_profile(out).meta["status"] == "complete"
+
+
+def test_measure_json(tmp_path, capsys):
+    assert main(["sample", "--space", "nasbert", "--preset", "tiny", "--seed", "3", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    rc, stdout, _ = _cli(["measure", str(tmp_path / "a.json"), "--batch", "2", "--seq-len", "16", "--json"], capsys)
+    r = json.loads(stdout)
+    assert rc == 0
+    assert {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "batch", "seq_len", "flops",
+            "params", "backend", "version", "threads", "protocol", "arch_json"} <= set(r)
+    assert r["batch"] == 2 and r["backend"] == "onnxruntime" and r["n_runs"] >= r["protocol"]["min_runs"]

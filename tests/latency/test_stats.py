@@ -1,0 +1,99 @@
+"""Statistics of timings, on saved numbers (no measuring here)."""
+import math
+
+import numpy as np
+import pytest
+
+from latency.stats import Protocol, as_array, cv, next_chunk, retest_agreement, rse_median, stop_reason, summarize
+
+# 40 saved timings (s) of ffn:inner=1024|h=256 at b8_s128 on onnxruntime, one thread; two slow outliers
+SAVED_S = [
+    0.008297, 0.008236, 0.008469, 0.008301, 0.008288, 0.008312, 0.008275, 0.008259, 0.008301, 0.008330,
+    0.008281, 0.008266, 0.008290, 0.008305, 0.008322, 0.008270, 0.008299, 0.008284, 0.008318, 0.008262,
+    0.008291, 0.008279, 0.008307, 0.008295, 0.008288, 0.008314, 0.008271, 0.008302, 0.008296, 0.008283,
+    0.008293, 0.008287, 0.008300, 0.008289, 0.008310, 0.008277, 0.008298, 0.008286, 0.012500, 0.015100,
+]
+
+
+def test_summarize_saved_numbers():
+    s = summarize(SAVED_S)
+    x = np.array(SAVED_S) * 1e3
+    assert s["n_runs"] == 40
+    assert s["latency_p50_ms"] == pytest.approx(np.median(x), abs=1e-6)
+    assert s["latency_p10_ms"] == pytest.approx(np.percentile(x, 10), abs=1e-6)
+    assert s["latency_p90_ms"] == pytest.approx(np.percentile(x, 90), abs=1e-6)
+    assert s["latency_p10_ms"] <= s["latency_p50_ms"] <= s["latency_p90_ms"]
+    assert s["cv"] == pytest.approx(np.std(x, ddof=1) / np.mean(x), rel=1e-4)
+    assert set(s) == {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "rse"}
+
+
+def test_summarize_exact_small_case():
+    s = summarize([0.001, 0.002, 0.003, 0.004, 0.005])
+    assert (s["latency_p10_ms"], s["latency_p50_ms"], s["latency_p90_ms"]) == (1.4, 3.0, 4.6)
+
+
+def test_cv_and_empty_input():
+    assert cv([0.002]) == 0.0
+    assert cv([1.0, 1.0, 1.0]) == 0.0
+    assert cv([1.0, 3.0]) == pytest.approx(math.sqrt(2) / 2)
+    with pytest.raises(ValueError):
+        as_array([])
+
+
+def test_rse_methods_agree_on_normal_samples():
+    x = np.random.default_rng(0).normal(10.0, 0.5, size=400)
+    expected = 1.2533 * 0.5 / math.sqrt(400) / 10.0
+    for method in ("mad", "sd", "bootstrap"):
+        assert rse_median(x, method) == pytest.approx(expected, rel=0.25), method
+    assert rse_median([1.0]) == math.inf
+    with pytest.raises(ValueError, match="unknown rse method"):
+        rse_median(x, "nope")
+
+
+def test_mad_rse_is_robust_to_outliers():
+    # the two outliers inflate the sd-based error but not the MAD-based one
+    assert rse_median(SAVED_S, "mad") < 0.002
+    assert rse_median(SAVED_S, "sd") > 3 * rse_median(SAVED_S, "mad")
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    assert rse_median(SAVED_S, "bootstrap", seed=3) == rse_median(SAVED_S, "bootstrap", seed=3)
+
+
+def test_stop_rule():
+    p = Protocol(min_runs=5, max_runs=50, target_rse=0.01, time_cap_s=1.0)
+    stable = [1.0, 1.001, 0.999, 1.0, 1.002]
+    noisy = [1.0, 1.5, 0.6, 1.3, 0.8, 1.2]
+    assert stop_reason(stable[:4], 0.0, p) is None  # min_runs first, however stable
+    assert stop_reason(stable, 0.0, p) == "stable"
+    assert stop_reason(noisy, 0.5, p) is None  # not stable, time left
+    assert stop_reason(noisy, 1.0, p) == "time_cap"
+    assert stop_reason(noisy, 5.0, p, time_cap_s=10.0) is None  # a per-call cap (e2e) overrides
+    assert stop_reason(noisy * 10, 0.0, p) == "max_runs"
+
+
+def test_next_chunk_doubles_within_the_cap():
+    p = Protocol(min_runs=5, max_runs=100, time_cap_s=1.0)
+    assert next_chunk([], 0.0, p) == 5
+    assert next_chunk([0.001] * 3, 0.0, p) == 2
+    assert next_chunk([0.001] * 10, 0.0, p) == 10  # doubling
+    assert next_chunk([0.1] * 10, 0.75, p) == 3  # 0.25 s left at 0.1 s per run
+    assert next_chunk([0.001] * 90, 0.0, p) == 10  # max_runs
+    assert next_chunk([0.5] * 10, 2.0, p) == 1  # past the cap: one more, then the rule stops it
+
+
+def test_retest_agreement():
+    r = retest_agreement([1.0, 2.0, 4.0, 10.0], [1.01, 1.9, 4.0, 10.3])
+    assert r["n"] == 4
+    assert r["median_abs_diff_pct"] == pytest.approx(2.0)  # 1, 5, 0, 3 -> median 2
+    assert r["max_abs_diff_pct"] == pytest.approx(5.0)
+    assert r["within_2pct"] == 0.5
+    with pytest.raises(ValueError):
+        retest_agreement([1.0], [1.0, 2.0])
+
+
+def test_protocol_round_trip_ignores_unknown_fields():
+    p = Protocol(min_runs=7, seed=3)
+    assert Protocol.from_dict({**p.to_dict(), "future_field": 1}) == p
+    assert {"warmup_runs", "warmup_min_s", "min_runs", "max_runs", "target_rse", "time_cap_s", "statistic",
+            "order", "seed"} <= set(p.to_dict())
