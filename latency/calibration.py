@@ -9,7 +9,9 @@ that add up to what whole models measure, per space:
 with ``alpha``, ``beta_k`` and ``gamma`` linear in a few smooth functions of the Context (``log batch``,
 ``log seq_len``, tokens), so they interpolate between Contexts. Being linear in the op bag, it keeps a model's
 latency a sum over its ops: the loss's cost tensors and ``predict`` agree exactly. The coefficients are fitted by
-ridge regression on relative errors, shrunk towards the identity (alpha = 1, beta = gamma = 0).
+ridge regression on relative errors, shrunk towards the identity (alpha = 1, beta = gamma = 0), with Huber
+reweighting so that a disturbed measurement does not pull the fit, and the ridge chosen by cross-validation over
+whole architectures.
 """
 from __future__ import annotations
 
@@ -170,12 +172,22 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
     return Calibration(role, spec, coef)
 
 
-def _ridge(xs: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
-    return np.linalg.solve(xs.T @ xs + lam * len(r) * np.eye(xs.shape[1]), xs.T @ r)
+HUBER = 0.05  # relative residual beyond which a row's weight falls off (a disturbed measurement)
+
+
+def _ridge(xs: np.ndarray, r: np.ndarray, lam: float, iters: int = 8) -> np.ndarray:
+    """Ridge solution of ``xs @ delta ~ r``, made robust by Huber reweighting (a few IRLS steps)."""
+    w = np.ones(len(r))  # (rows,)
+    reg = lam * len(r) * np.eye(xs.shape[1])
+    for _ in range(iters):
+        delta = np.linalg.solve((xs * w[:, None]).T @ xs + reg, (xs * w[:, None]).T @ r)
+        res = np.abs(xs @ delta - r)
+        w = np.minimum(1.0, HUBER / np.maximum(res, 1e-12))
+    return delta
 
 
 def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> float:
-    """The ridge of :data:`RIDGE_GRID` with the least held-out squared relative error, holding out whole
+    """The ridge of :data:`RIDGE_GRID` with the least held-out (Huber) relative error, holding out whole
     architectures (leave-one-out up to 12 of them, else 6 folds); the strongest when there is one architecture."""
     names = sorted(set(groups))
     if len(names) < 2:
@@ -188,7 +200,8 @@ def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> float:
         for f in np.unique(folds):
             tr, te = folds != f, folds == f
             delta = _ridge(xs[tr], r[tr], lam)
-            err += float(((xs[te] @ delta - r[te]) ** 2).sum())
+            res = np.abs(xs[te] @ delta - r[te])
+            err += float(np.where(res <= HUBER, res**2 / 2, HUBER * (res - HUBER / 2)).sum())  # Huber loss
         if err < best[0] * (1 - 1e-9):
             best = (err, lam)
     return best[1]

@@ -21,7 +21,7 @@ from nas.spaces.ops import op_bytes, op_flops
 SPACES = (("adabert", "tiny"), ("nasbert", "tiny"))
 GRID = {"batch": [1, 4], "seq_len": [16, 32, 64]}
 LAUNCH_MS = {"conv": 0.010, "avgpool": 0.006, "maxpool": 0.006, "identity": 0.002, "mha": 0.030, "ffn": 0.015,
-             "sepconv": 0.020, "embed": 0.012, "head": 0.008, "proj": 0.006, "combine": 0.004}
+             "sepconv": 0.020, "embed": 0.012, "head": 0.008, "proj": 0.006, "combine": 0.004, "add": 0.003}
 
 
 def op_ms(spec, ctx: Context) -> float:
