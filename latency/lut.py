@@ -1,8 +1,11 @@
 """The lookup table: each op's measured milliseconds over the Context grid, interpolated between grid points.
 
-Between grid points the table interpolates log(ms) linearly in (log batch, log seq_len) (bilinear); outside the
-grid it extends the nearest segment's slope (the caller warns, see :mod:`latency.predictor`). With a single grid
-value along an axis, ms is taken as proportional to that axis.
+Between grid points (``interp="shape"``, the default) each op follows a small physical model fitted to its own
+row of the table, ``ms ~ c0 + c1 b + c2 b s + c3 b s^2`` (launch cost, per-sequence work, per-token work,
+attention; non-negative least squares on relative error), times the table's own residual ratio interpolated
+bilinearly in (log batch, log seq_len): exact at grid points, shaped like the op between them, and following the
+model (residual held at the nearest grid value) outside the grid, where the caller warns
+(:mod:`latency.predictor`). ``interp="loglog"`` interpolates log(ms) bilinearly and extends the nearest segment.
 
 >>> import pandas as pd
 >>> df = pd.DataFrame({"op_key": ["identity|h=8"] * 2, "batch": [1, 1], "seq_len": [32, 128],
@@ -43,9 +46,16 @@ class OpTable:
     batch: list[int]  # grid batch sizes, ascending
     seq_len: list[int]  # grid sequence lengths, ascending
     table: dict[str, list[list[float]]]  # op key -> [batch index][seq index] -> p50 ms
+    interp: str = "shape"  # "shape" (physical model x interpolated residual) or "loglog" (bilinear in log-log)
 
     def __post_init__(self) -> None:
+        if self.interp not in ("shape", "loglog"):
+            raise PredictorError(f"unknown table interpolation {self.interp!r}; use 'shape' or 'loglog'")
         self._log = {k: np.log(np.maximum(np.asarray(v, dtype=np.float64), MIN_MS)) for k, v in self.table.items()}
+        self._shape: dict[str, np.ndarray] = {}
+        if self.interp == "shape":
+            for k, v in self.table.items():
+                self._shape[k] = _shape_coef(self.batch, self.seq_len, np.asarray(v, dtype=np.float64))
 
     @staticmethod
     def from_frame(ops: pd.DataFrame, source: str = "ops.csv") -> OpTable:
@@ -70,12 +80,16 @@ class OpTable:
         return OpTable(batch, seq, table)
 
     def to_dict(self) -> dict:
-        return {"batch": self.batch, "seq_len": self.seq_len, "ms": self.table}
+        return {"batch": self.batch, "seq_len": self.seq_len, "ms": self.table, "interp": self.interp,
+                "shape_basis": list(SHAPE_BASIS)}
 
     @staticmethod
     def from_dict(d: dict) -> OpTable:
+        if d.get("interp", "loglog") == "shape" and list(d.get("shape_basis", [])) != list(SHAPE_BASIS):
+            raise PredictorError("predictor.json: the table's interpolation model differs from this hwnas version; "
+                                 "refit with `hwnas fit PROFILE`")
         return OpTable([int(b) for b in d["batch"]], [int(s) for s in d["seq_len"]],
-                       {k: [[float(x) for x in r] for r in v] for k, v in d["ms"].items()})
+                       {k: [[float(x) for x in r] for r in v] for k, v in d["ms"].items()}, d.get("interp", "loglog"))
 
     def keys(self) -> set[str]:
         return set(self.table)
@@ -84,18 +98,48 @@ class OpTable:
         """Interpolated p50 ms of each op key at (batch, seq_len): array ``(len(keys),)``."""
         bi, bj, bt = _axis_weights(self.batch, batch)
         si, sj, st = _axis_weights(self.seq_len, seq_len)
+        if self.interp == "shape":  # residual ratio held at the nearest grid value outside the grid
+            bt, st = min(max(bt, 0.0), 1.0), min(max(st, 0.0), 1.0)
         out = np.empty(len(keys))
         for n, key in enumerate(keys):
             lv = self._log.get(key)
             if lv is None:
                 raise PredictorError(f"op {key!r} is not in the profile's table; profile this space and preset "
                                      f"(`hwnas profile --space ... --preset ...`) or use `--kind regression`")
+            coef = self._shape.get(key)
+            if coef is not None:
+                lv = lv - np.log(self._model_grid(coef))
             v = ((1 - bt) * (1 - st) * lv[bi, si] + bt * (1 - st) * lv[bj, si]
                  + (1 - bt) * st * lv[bi, sj] + bt * st * lv[bj, sj])
-            out[n] = v
-        out = np.exp(out)
-        if len(self.batch) == 1:
-            out *= batch / self.batch[0]
-        if len(self.seq_len) == 1:
-            out *= seq_len / self.seq_len[0]
+            out[n] = np.exp(v) * (_shape_basis(batch, seq_len) @ coef if coef is not None else 1.0)
+        if self.interp == "loglog":
+            if len(self.batch) == 1:
+                out *= batch / self.batch[0]
+            if len(self.seq_len) == 1:
+                out *= seq_len / self.seq_len[0]
         return out
+
+    def _model_grid(self, coef: np.ndarray) -> np.ndarray:
+        return np.array([[_shape_basis(b, s) @ coef for s in self.seq_len] for b in self.batch])  # (nb, ns)
+
+
+SHAPE_BASIS = ("1", "b", "b*s", "b*s^2")  # the per-op model's terms: launch, per sequence, per token, attention
+
+
+def _shape_basis(b: float, s: float) -> np.ndarray:
+    return np.array([1.0, b, b * s, b * s * s])
+
+
+def _shape_coef(batch: list[int], seq: list[int], ms: np.ndarray) -> np.ndarray | None:
+    """Non-negative coefficients of the per-op model over the grid (relative least squares); None if degenerate."""
+    from scipy.optimize import nnls
+
+    a = np.array([_shape_basis(b, s) for b in batch for s in seq])  # (cells, 4)
+    y = np.maximum(ms.reshape(-1), MIN_MS)  # (cells,)
+    scale = np.abs(a / y[:, None]).max(0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(a / y[:, None] / scale, np.ones(len(y)))
+    coef = coef / scale
+    if not (_shape_basis(batch[0], seq[0]) @ coef > 0):
+        return None
+    return coef

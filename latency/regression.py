@@ -2,10 +2,11 @@
 
 Two stages on log(ms), both fitted on ``ops.csv``:
 
-1. a per-kind linear model over ``[1, log(1+FLOPs), log(1+bytes), log batch, log seq_len]`` (smooth, so it
-   interpolates between grid points and across widths);
-2. scikit-learn's ``GradientBoostingRegressor`` (fixed seed, no subsampling: deterministic) on the residual,
-   over the op features (kind one-hot, parameters, hidden, batch, seq_len, log FLOPs, log bytes).
+1. a per-kind physical model ``ms ~ c0 + c1 batch + c2 tokens + c3 FLOPs + c4 bytes`` (non-negative least
+   squares on relative error: launch cost, per-sequence and per-token overheads, compute, memory traffic), smooth,
+   so it interpolates between grid Contexts and across widths;
+2. scikit-learn's ``GradientBoostingRegressor`` (fixed seed, no subsampling: deterministic) on the residual
+   log(ms / model), over the op features (kind one-hot, parameters, hidden, batch, seq_len, log FLOPs, log bytes).
 
 The fitted trees are exported to plain lists (children, feature, threshold, leaf value) and evaluated here with
 numpy, so ``predictor.json`` holds no pickle and does not depend on scikit-learn's internals to load; at fit time
@@ -22,9 +23,9 @@ import pandas as pd
 from latency.profile_data import PredictorError
 from nas.spaces.ops import OP_REGISTRY, Context, OpSpec, op_bytes, op_flops
 
-LINEAR_FEATURES = ("one", "log_flops", "log_bytes", "log_batch", "log_seq_len")
+LINEAR_FEATURES = ("one", "batch", "ktokens", "mflops", "mbytes")  # terms of the per-kind physical model
 GBR_PARAMS = {"n_estimators": 300, "max_depth": 3, "learning_rate": 0.05, "subsample": 1.0, "min_samples_leaf": 2}
-RIDGE = 1e-6  # tiny ridge on the per-kind linear stage (keeps rank-deficient kinds solvable)
+MIN_MS = 1e-6
 
 
 def param_names() -> list[str]:
@@ -33,8 +34,7 @@ def param_names() -> list[str]:
 
 
 def _linear_row(spec: OpSpec, ctx: Context) -> list[float]:
-    return [1.0, math.log1p(op_flops(spec, ctx)), math.log1p(op_bytes(spec, ctx)),
-            math.log(ctx.batch), math.log(ctx.seq_len)]
+    return [1.0, float(ctx.batch), ctx.tokens / 1e3, op_flops(spec, ctx) / 1e6, op_bytes(spec, ctx) / 1e6]
 
 
 def _tree_row(spec: OpSpec, ctx: Context, kinds: list[str], params: list[str]) -> list[float]:
@@ -63,7 +63,7 @@ class OpRegressor:
 
     kinds: list[str]  # op kinds seen in training (one-hot columns, in this order)
     params: list[str]  # op parameter columns
-    linear: dict[str, list[float]]  # kind -> coefficients over LINEAR_FEATURES
+    linear: dict[str, list[float]]  # kind -> non-negative coefficients (ms) over LINEAR_FEATURES
     init: float  # the boosting's constant start
     learning_rate: float
     trees: list[dict] = field(default_factory=list)  # {left, right, feature, threshold, value} per tree
@@ -83,7 +83,8 @@ class OpRegressor:
             if s.kind not in self.linear:
                 raise PredictorError(f"op kind {s.kind!r} ({s.key}) was never measured in this profile; the "
                                      f"regression covers kinds {self.kinds} - profile a space that uses it")
-        lin = np.array([np.dot(self.linear[s.kind], _linear_row(s, c)) for s, c in zip(specs, ctx_list)])  # (n,)
+        lin = np.log(np.maximum([np.dot(self.linear[s.kind], _linear_row(s, c)) for s, c in zip(specs, ctx_list)],
+                                MIN_MS))  # (n,)
         x = self._tree_x(specs, ctx_list)  # (n, f)
         boost = np.full(len(specs), self.init)  # (n,)
         for tree in self.trees:
@@ -99,21 +100,25 @@ class OpRegressor:
     @staticmethod
     def fit(ops: pd.DataFrame, seed: int = 0) -> OpRegressor:
         """Fit on ``ops.csv`` rows (p50 ms), deterministically for a given seed and table."""
+        from scipy.optimize import nnls
         from sklearn.ensemble import GradientBoostingRegressor
 
         ops = ops.sort_values(["op_key", "batch", "seq_len"]).reset_index(drop=True)
         specs = [OpSpec.parse(k) for k in ops["op_key"]]
         ctxs = [Context(int(b), int(s)) for b, s in zip(ops["batch"], ops["seq_len"])]
-        y = np.log(np.maximum(ops["latency_p50_ms"].to_numpy(dtype=np.float64), 1e-6))  # (n,)
+        ms = np.maximum(ops["latency_p50_ms"].to_numpy(dtype=np.float64), MIN_MS)  # (n,)
         kinds = sorted({s.kind for s in specs})
         lin_x = np.array([_linear_row(s, c) for s, c in zip(specs, ctxs)])  # (n, 5)
-        linear, resid = {}, np.empty_like(y)
+        linear, resid, lin_log = {}, np.empty_like(ms), np.empty_like(ms)
         for k in kinds:
             rows = np.array([s.kind == k for s in specs])
-            a = lin_x[rows]  # (n_k, 5)
-            coef = np.linalg.solve(a.T @ a + RIDGE * np.eye(a.shape[1]), a.T @ y[rows])  # (5,)
+            a = lin_x[rows] / ms[rows, None]  # (n_k, 5): relative error
+            scale = np.abs(a).max(0)
+            scale[scale == 0] = 1.0
+            coef = nnls(a / scale, np.ones(int(rows.sum())))[0] / scale  # (5,)
             linear[k] = [float(c) for c in coef]
-            resid[rows] = y[rows] - a @ coef
+            lin_log[rows] = np.log(np.maximum(lin_x[rows] @ coef, MIN_MS))
+            resid[rows] = np.log(ms[rows]) - lin_log[rows]
         model = OpRegressor(kinds, param_names(), linear, 0.0, GBR_PARAMS["learning_rate"], [], seed)
         x = model._tree_x(specs, ctxs)  # (n, f)
         gbr = GradientBoostingRegressor(random_state=seed, **GBR_PARAMS).fit(x, resid)
@@ -125,7 +130,7 @@ class OpRegressor:
                 "feature": [int(v) for v in t.feature], "threshold": [float(v) for v in t.threshold],
                 "value": [float(v) for v in t.value[:, 0, 0]],
             })
-        ours = model._log_ms(specs, ctxs) - np.einsum("ij,ij->i", lin_x, np.array([linear[s.kind] for s in specs]))
+        ours = model._log_ms(specs, ctxs) - lin_log
         if not np.allclose(ours, gbr.predict(x), rtol=0, atol=1e-9):  # pragma: no cover - a scikit-learn change
             raise PredictorError("exported gradient-boosting trees disagree with scikit-learn; report this bug")
         return model
