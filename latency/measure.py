@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
-from latency.stats import Protocol, next_chunk, stop_reason, summarize
+from latency.stats import Protocol, combine_visits, next_chunk, stop_reason, summarize
 from nas.spaces.ops import Context
 
 EXPORT_CTX = Context(2, 16)  # example shape graphs are exported (traced) at; axes stay dynamic
@@ -52,6 +52,15 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
         samples += backend.time(runnable, next_chunk(samples, elapsed, protocol, time_cap_s))
 
 
+def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None) -> dict:
+    """``protocol.visits`` visits back to back (one entry on its own), combined as the profiler combines them."""
+    visits = []
+    for _ in range(protocol.visits):
+        samples, reason = measure_runnable(backend, runnable, protocol, time_cap_s)
+        visits.append({**summarize(samples, protocol.rse_method), "stop": reason})
+    return combine_visits(visits)
+
+
 def token_inputs(space, ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
     """A user's inputs at ``ctx``: ``input_ids``, ``attention_mask`` (no padding) and ``token_type_ids`` where the
     space's exported graph takes them (the same names :func:`nas.export.space_inputs` gives)."""
@@ -71,7 +80,7 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
             ``threads`` are its own).
         protocol: the measurement protocol (default: :class:`Protocol`'s, whole-architecture time cap).
     Returns:
-        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, rse, stop`` plus ``batch, seq_len, flops,
+        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, visits, visit_spread`` plus ``batch, seq_len, flops,
         params, arch_json, space, preset`` and the backend's ``backend, version, device, threads``.
     """
     from nas.arch import Architecture
@@ -87,14 +96,14 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
         inputs = token_inputs(space, ctx)
         runnable = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
         be.bind(runnable, inputs)
-        samples, reason = measure_runnable(be, runnable, protocol, protocol.e2e_time_cap_s)
+        result = measure_visits(be, runnable, protocol, protocol.e2e_time_cap_s)
         runnable.release()
     finally:
         if own:
             be.close()
     return {
         "arch_json": arch.key, "space": arch.space, "preset": arch.preset, "batch": ctx.batch,
-        "seq_len": ctx.seq_len, **summarize(samples, protocol.rse_method), "stop": reason,
+        "seq_len": ctx.seq_len, **result,
         "flops": space.flops(arch, ctx, num_labels), "params": space.analytic_params(arch, num_labels),
         "backend": be.name, "version": be.version, "device": be.device, "threads": be.threads,
     }
@@ -116,5 +125,5 @@ def check_context(space, ctx: Context) -> None:
 
 def quick_protocol(protocol: Protocol) -> Protocol:
     """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
-    return replace(protocol, warmup_runs=2, warmup_min_s=0.01, min_runs=3, time_cap_s=0.08, e2e_time_cap_s=0.3,
-                   retest_fraction=0.05, retest_min=5)
+    return replace(protocol, warmup_runs=2, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
+                   visits=2, retest_fraction=0.05, retest_min=5)

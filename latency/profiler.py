@@ -1,10 +1,13 @@
 """``hwnas profile``: every unique op of the chosen spaces at every Context of a grid, plus whole sampled
 architectures end to end, into a resumable profile folder (docs/formats.md).
 
-The plan is a fixed list of jobs (op entries and e2e entries) shuffled with the seed; jobs whose key is already
-in the folder are skipped, so killing the process at any moment and re-running the same command resumes where it
-stopped. Each result is appended durably as it comes (:class:`latency.table.RowAppender`). At the end a seeded
-sample of entries is measured again (test-retest agreement) and each op is set against the roofline.
+The plan is a fixed list of entries (ops and e2e architectures at each Context). Each entry is measured in
+``protocol.visits`` visits, one per round; each round goes over all entries in its own seeded random order, so slow
+drift of the machine and bursts of load spread over all entries instead of biasing some, and an entry's median of
+visit medians outvotes one spoiled visit. Each visit is appended durably to ``visits.csv`` as it ends, and an
+entry's row to ``ops.csv`` / ``e2e.csv`` once its visits are in (:class:`Journal`): killing the process at any
+moment and re-running the same command resumes where it stopped. At the end a seeded sample of entries is measured
+again (all visits: test-retest agreement) and each op is set against the roofline.
 
 >>> cfg = ProfileConfig(spaces=(("nasbert", "tiny"),), batch=(1,), seq_len=(16,), e2e=2)
 >>> jobs = plan_jobs(cfg)
@@ -20,17 +23,17 @@ import os
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint
-from latency.measure import EXPORT_CTX, check_context, measure_runnable, quick_protocol, token_inputs
+from latency.measure import EXPORT_CTX, check_context, measure_runnable, token_inputs
 from latency.progress import Progress
-from latency.roofline import ROOFLINE_COLUMNS, measure_roofline, roofline_rows, roofline_summary
-from latency.stats import Protocol, retest_agreement, summarize
+from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
+from latency.stats import Protocol, combine_visits, retest_agreement, summarize
 from latency.table import (
     E2E_COLUMNS,
     E2E_KEY,
@@ -55,6 +58,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 2
 NUM_LABELS = 2
+VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms", "latency_p10_ms", "latency_p90_ms",
+                 "mean_ms", "sd_ms", "n_runs", "stop"]
+VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
+               "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
 CACHE_GRAPHS = 16  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
 
@@ -181,17 +188,22 @@ class Graphs:
         return r
 
 
-def measure_job(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
-    """One table row for ``job`` (ops.csv or e2e.csv columns)."""
+def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
+    """One visit of ``job``: :func:`latency.stats.summarize` of its timings plus the stop reason."""
     cap = protocol.e2e_time_cap_s if job.kind == "e2e" else protocol.time_cap_s
     t0 = time.perf_counter()
     runnable = graphs.bound(job)
     t1 = time.perf_counter()
     samples, reason = measure_runnable(graphs.backend, runnable, protocol, cap)
-    s = summarize(samples, protocol.rse_method)
+    s = {**summarize(samples, protocol.rse_method), "stop": reason}
     log.debug("%s %s %s: prepare %.3f s, measure %.3f s, %d runs, %s, p50 %.4f ms, cv %.3f", job.kind, job.label,
               job.ctx, t1 - t0, time.perf_counter() - t1, len(samples), reason, s["latency_p50_ms"], s["cv"])
-    ctx = job.ctx
+    return s
+
+
+def entry_row(job: Job, visits: list[dict]) -> dict:
+    """The ops.csv or e2e.csv row of ``job`` from its visits."""
+    s, ctx = combine_visits(visits), job.ctx
     if job.kind == "op":
         spec = job.spec
         return {"op_key": spec.key, "kind": spec.kind, "hidden": spec.hidden, "batch": ctx.batch,
@@ -200,6 +212,61 @@ def measure_job(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     return {"arch_json": job.arch.key, "space": space.name, "preset": space.preset.name, "split": job.split,
             "batch": ctx.batch, "seq_len": ctx.seq_len, **s, "flops": space.flops(job.arch, ctx, NUM_LABELS),
             "params": space.analytic_params(job.arch, NUM_LABELS)}
+
+
+def rounds(jobs: list[Job], protocol: Protocol) -> list[tuple[int, Job]]:
+    """(visit, job) in measurement order: round v measures every entry once, in its own seeded order."""
+    out = [(0, j) for j in jobs]
+    for v in range(1, protocol.visits):
+        order = list(jobs)
+        random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
+        out += [(v, j) for j in order]
+    return out
+
+
+class Journal:
+    """The folder's durable record: each visit goes to ``visits.csv`` as it ends; an entry's row goes to
+    ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
+
+    def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
+        self.folder, self.k, self.by_key = folder, protocol.visits, {j.key: j for j in jobs}
+        self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
+        self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
+        self.visits: dict[tuple, dict[int, dict]] = {}
+        for r in read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+            self.visits.setdefault((r["graph"], r["batch"], r["seq_len"]), {})[r["visit"]] = r
+
+    def wants(self, job: Job, visit: int) -> bool:
+        return job.key not in self.done and visit not in self.visits.get(job.key, {})
+
+    def __enter__(self) -> Journal:
+        self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
+                    "e2e": RowAppender(self.folder / "e2e.csv", E2E_COLUMNS),
+                    "visit": RowAppender(self.folder / "visits.csv", VISIT_COLUMNS)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for out in self.out.values():
+            out.close()
+
+    def add(self, job: Job, visit: int, s: dict) -> None:
+        row = {"entry": job.kind, "graph": job.graph, "batch": job.ctx.batch, "seq_len": job.ctx.seq_len,
+               "visit": visit, **s}
+        self.out["visit"].append(row)
+        self.visits.setdefault(job.key, {})[visit] = row
+        self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        got = self.visits.get(job.key, {})
+        if job.key not in self.done and len(got) >= self.k:
+            self.out[job.kind].append(entry_row(job, [got[v] for v in sorted(got)][: self.k]))
+            self.done.add(job.key)
+
+    def finish_complete(self) -> None:
+        """Write the rows of entries whose visits all ended before a kill took the row with it."""
+        for key in list(self.visits):
+            if key in self.by_key:
+                self._finish(self.by_key[key])
 
 
 def _lock(folder: Path):
@@ -250,24 +317,24 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
         lock = _lock(folder)
         try:
             meta = stored or meta
-            session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "measured": 0}
+            session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0}
             meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]
             write_meta(folder, meta)
             if not meta.get("roofline"):
-                meta["roofline"] = measure_roofline(backend)
+                quick = Protocol(min_runs=3, time_cap_s=0.03, warmup_min_s=0.0) if cfg.quick else None
+                meta["roofline"] = measure_roofline(backend, quick)
                 write_meta(folder, meta)
-            done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
-            done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
-            todo = [j for j in jobs if j.key not in done]
+            journal = Journal(folder, jobs, cfg.protocol)
+            todo = [(v, j) for v, j in rounds(jobs, cfg.protocol) if journal.wants(j, v)]
             retest = [] if meta.get("retest") else retest_sample(jobs, cfg.protocol)
             graphs = Graphs(backend, cfg.seed)
-            bar = Progress(len(todo) + len(retest), enabled=progress)
-            with RowAppender(folder / "ops.csv", OPS_COLUMNS) as ops_out, \
-                    RowAppender(folder / "e2e.csv", E2E_COLUMNS) as e2e_out:
-                for job in todo:
-                    bar.show(f"{job.label} {job.ctx}")
-                    (ops_out if job.kind == "op" else e2e_out).append(measure_job(graphs, job, cfg.protocol))
-                    session["measured"] += 1
+            bar = Progress(len(todo) + len(retest) * cfg.protocol.visits, enabled=progress)
+            with journal:
+                journal.finish_complete()
+                for v, job in todo:
+                    bar.show(f"{job.label} {job.ctx} (visit {v + 1}/{cfg.protocol.visits})")
+                    journal.add(job, v, measure_visit(graphs, job, cfg.protocol))
+                    session["visits_measured"] += 1
                     bar.advance()
             ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
             e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
@@ -294,30 +361,20 @@ def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
 
 
 def run_retest(graphs: Graphs, jobs: list[Job], rows: list[dict], protocol: Protocol, bar: Progress) -> dict:
-    """Measure ``jobs`` again; their agreement with the stored medians."""
+    """Measure ``jobs`` again (all visits, in rounds); their agreement with the stored medians."""
     first = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
+    visits: dict[tuple, list[dict]] = {j.key: [] for j in jobs}
+    for v, job in rounds(jobs, replace(protocol, seed=protocol.seed + 1)):
+        bar.show(f"retest {job.label} {job.ctx} (visit {v + 1}/{protocol.visits})")
+        visits[job.key].append(measure_visit(graphs, job, protocol))
+        bar.advance()
     a, b, entries = [], [], []
     for job in jobs:
-        bar.show(f"retest {job.label} {job.ctx}")
-        second = measure_job(graphs, job, protocol)["latency_p50_ms"]
+        second = combine_visits(visits[job.key])["latency_p50_ms"]
         a.append(first[job.key])
         b.append(second)
         entries.append({"entry": f"{job.label} {job.ctx}", "first_ms": first[job.key], "second_ms": second})
-        bar.advance()
     return {**retest_agreement(a, b), "entries": entries}
-
-
-def write_roofline_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-    import io
-
-    from nas.io import atomic_write_text
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, ROOFLINE_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session: dict) -> dict:
@@ -328,80 +385,22 @@ def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session:
     roof = meta["roofline"]
     return {
         "out": str(folder), "status": meta["status"], "ops_rows": len(ops), "e2e_rows": len(e2e),
-        "measured_now": session["measured"], "wall_s": session.get("wall_s"),
+        "visits_measured_now": session["visits_measured"], "wall_s": session.get("wall_s"),
         "median_cv": round(float(np.median(cvs)), 4) if cvs else None, "retest": retest,
         "peak_gflops": roof["peak_gflops"], "bandwidth_gbs": roof["bandwidth_gbs"],
         "roofline": roof.get("summary", {}),
     }
 
 
-# ------------------------------------------------------------------------------------------------ CLI
-def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None], ...]:
-    """``--space adabert,nasbert`` with ``--preset tiny`` (all) or ``--preset adabert=tiny,nasbert=small``."""
-    names = [s.strip() for s in space.split(",") if s.strip()]
-    if not names:
-        raise ProfileError("--space is empty; name one or more spaces, e.g. --space adabert,nasbert")
-    per: dict[str, str] = {}
-    if preset and "=" in preset:
-        for item in preset.split(","):
-            k, _, v = item.partition("=")
-            per[k.strip()] = v.strip()
-        unknown = sorted(set(per) - set(names))
-        if unknown:
-            raise ProfileError(f"--preset names {unknown}, which are not in --space {space}")
-    return tuple((n, per.get(n) if per else preset) for n in names)
-
-
-def config_from_args(args) -> ProfileConfig:
-    quick = bool(getattr(args, "quick", False))
-    protocol = Protocol(seed=args.seed)
-    return ProfileConfig(
-        backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
-        batch=tuple(args.batch or (QUICK_BATCH if quick else DEFAULT_BATCH)),
-        seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else DEFAULT_SEQ_LEN)),
-        e2e=args.e2e if args.e2e is not None else (QUICK_E2E if quick else DEFAULT_E2E), seed=args.seed,
-        protocol=quick_protocol(protocol) if quick else protocol, quick=quick,
-    )
-
-
 def profile_cli(args) -> int:
-    """``hwnas profile``: measure or resume, then print the summary (``--json``: one object)."""
-    import json
-    import sys
+    """``hwnas profile`` (see :mod:`latency.profile_cli`)."""
+    from latency.profile_cli import profile_main
 
-    result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    r, rt, roof = result, result["retest"], result["roofline"]
-    print(f"wrote {r['out']}: {r['ops_rows']} op rows, {r['e2e_rows']} e2e rows "
-          f"({r['measured_now']} measured now, {r['wall_s']} s)")
-    print(f"median CV {r['median_cv']}; retest on {rt.get('n')} entries: median |diff| "
-          f"{rt.get('median_abs_diff_pct')} %, p90 {rt.get('p90_abs_diff_pct')} %")
-    print(f"roofline: peak {r['peak_gflops']} GFLOP/s, bandwidth {r['bandwidth_gbs']} GB/s; ops at median "
-          f"{roof.get('median_pct_of_bound')} % of their bound")
-    if roof.get("n_faster_than_bound"):
-        print(f"warning: {roof['n_faster_than_bound']} entries faster than their roofline bound (broken timer or "
-              f"FLOP/byte count?), e.g. {roof['faster_than_bound'][:3]}; see roofline.csv", file=sys.stderr)
-    return 0
+    return profile_main(args)
 
 
 def measure_cli(args) -> int:
-    """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
-    import json
+    """``hwnas measure`` (see :mod:`latency.profile_cli`)."""
+    from latency.profile_cli import measure_main
 
-    from latency.measure import measure_arch
-    from nas.arch import Architecture
-
-    arch = Architecture.load(args.arch)
-    protocol = Protocol()
-    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=args.backend, device=args.device,
-                     threads=args.threads, protocol=protocol)
-    r["protocol"] = protocol.to_dict()
-    if args.json:
-        print(json.dumps(r))
-    else:
-        print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
-              f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
-              f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs)")
-    return 0
+    return measure_main(args)

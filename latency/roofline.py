@@ -105,3 +105,17 @@ def roofline_summary(rows: list[dict]) -> dict:
         "n_faster_than_bound": len(flagged),
         "faster_than_bound": flagged[:50],
     }
+
+
+def write_roofline_csv(path, rows: list[dict]) -> None:
+    """``roofline.csv`` in the profile folder: :func:`roofline_rows` of every op entry (atomic write)."""
+    import csv
+    import io
+
+    from nas.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ROOFLINE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -22,18 +22,19 @@ MEDIAN_SE = 1.2533  # sqrt(pi/2): standard error of the median per sd/sqrt(n) fo
 class Protocol:
     """How each entry is measured; written into profile.json next to the numbers."""
 
-    warmup_runs: int = 3  # untimed runs before measuring (at least)
-    warmup_min_s: float = 0.05  # ... and warm up for at least this long
-    min_runs: int = 5  # timed runs, at least
-    max_runs: int = 5000  # timed runs, at most
-    target_rse: float = 0.01  # stop once the relative standard error of the median is at most this
-    time_cap_s: float = 0.5  # ... or once an op entry has been timed this long (min_runs still apply)
-    e2e_time_cap_s: float = 2.0  # the same cap for a whole architecture
-    statistic: str = "median"  # the reported latency (latency_p50_ms); p10/p90 and CV alongside
+    warmup_runs: int = 2  # untimed runs before each visit's timed runs (at least)
+    warmup_min_s: float = 0.02  # ... and warm up for at least this long
+    min_runs: int = 5  # timed runs per visit, at least
+    max_runs: int = 2000  # timed runs per visit, at most
+    target_rse: float = 0.01  # a visit stops once the relative standard error of its median is at most this
+    time_cap_s: float = 0.15  # ... or once an op entry's visit has been timed this long (min_runs still apply)
+    e2e_time_cap_s: float = 0.6  # the same cap for a whole architecture's visit
+    visits: int = 3  # each entry is measured in this many visits, in separate shuffled rounds over all entries
+    statistic: str = "median"  # latency_p50_ms: the median of the visits' medians (p10/p90 likewise); CV pooled
     rse_method: str = "mad"  # standard error of the median: 1.2533 * 1.4826 * MAD / sqrt(n) (robust to outliers)
-    order: str = "shuffled"  # entries are measured in a seeded random order (drift does not favour one op)
+    order: str = "shuffled"  # each round measures the entries in a seeded random order (drift favours no op)
     seed: int = 0  # the order's and the retest sample's seed
-    retest_fraction: float = 0.05  # share of entries re-measured at the end (test-retest agreement)
+    retest_fraction: float = 0.05  # share of entries measured again (all visits) at the end: test-retest
     retest_min: int = 20  # ... at least this many
 
     def to_dict(self) -> dict:
@@ -87,7 +88,8 @@ def rse_median(samples_s, method: str = "mad", n_boot: int = 200, seed: int = 0)
 
 
 def summarize(samples_s, method: str = "mad") -> dict:
-    """The table's latency columns from raw timings in seconds (milliseconds out, rounded to 1 ns)."""
+    """The table's latency columns from raw timings in seconds (milliseconds out, rounded to 1 ns), plus the
+    mean and standard deviation that :func:`combine_visits` pools."""
     x = as_array(samples_s) * 1e3
     p10, p50, p90 = (round(float(v), 6) for v in np.percentile(x, [10, 50, 90]))
     return {
@@ -97,6 +99,40 @@ def summarize(samples_s, method: str = "mad") -> dict:
         "cv": round(cv(x), 6),
         "n_runs": int(x.size),
         "rse": round(rse_median(x, method), 6),
+        "mean_ms": round(float(x.mean()), 6),
+        "sd_ms": round(float(x.std(ddof=1)) if x.size > 1 else 0.0, 6),
+    }
+
+
+def combine_visits(visits: list[dict]) -> dict:
+    """One entry's latency from its visits (each a :func:`summarize` result).
+
+    The percentiles are the medians of the visits' percentiles (one visit spoiled by a burst of load is
+    outvoted), ``n_runs`` the total, ``cv`` the CV of all runs pooled (exact, from each visit's mean and sd),
+    ``visit_spread`` the range of the visits' medians over their median.
+
+    >>> v = [summarize([0.010, 0.010, 0.011]), summarize([0.010, 0.011, 0.011]), summarize([0.030] * 3)]
+    >>> combine_visits(v)["latency_p50_ms"], combine_visits(v)["n_runs"]
+    (11.0, 9)
+    """
+    if not visits:
+        raise ValueError("combine_visits: no visits")
+    med = lambda k: round(float(np.median([v[k] for v in visits])), 6)  # noqa: E731
+    n = np.array([v["n_runs"] for v in visits], dtype=float)
+    m = np.array([v["mean_ms"] for v in visits], dtype=float)
+    sd = np.array([v["sd_ms"] for v in visits], dtype=float)
+    total, mean = n.sum(), float((n * m).sum() / n.sum())
+    var = (((n - 1) * sd**2).sum() + (n * (m - mean) ** 2).sum()) / max(total - 1, 1)
+    p50s = np.array([v["latency_p50_ms"] for v in visits], dtype=float)
+    p50 = med("latency_p50_ms")
+    return {
+        "latency_p50_ms": p50,
+        "latency_p10_ms": med("latency_p10_ms"),
+        "latency_p90_ms": med("latency_p90_ms"),
+        "cv": round(float(np.sqrt(var) / mean), 6) if mean > 0 else 0.0,
+        "n_runs": int(total),
+        "visits": len(visits),
+        "visit_spread": round(float((p50s.max() - p50s.min()) / p50), 6) if p50 > 0 else 0.0,
     }
 
 

@@ -14,7 +14,15 @@ from latency.measure import quick_protocol
 from latency.profiler import ProfileConfig, plan_jobs, run_profile
 from latency.roofline import roofline_rows
 from latency.stats import Protocol
-from latency.table import E2E_COLUMNS, E2E_KINDS, OPS_COLUMNS, OPS_KINDS, ProfileError, load_profile, read_rows
+from latency.table import (
+    E2E_COLUMNS,
+    E2E_KINDS,
+    OPS_COLUMNS,
+    OPS_KINDS,
+    ProfileError,
+    load_profile,
+    read_rows,
+)
 from nas.cli import main
 from nas.errors import HwnasError
 
@@ -83,7 +91,7 @@ def test_rerun_measures_nothing_and_duplicates_nothing(tiny_profile):
     out, _ = tiny_profile
     before = keys(out)
     result = run_profile(tiny_config(), out)
-    assert result["measured_now"] == 0 and keys(out) == before
+    assert result["visits_measured_now"] == 0 and keys(out) == before
 
 
 def test_roofline_flags_a_measurement_faster_than_the_bound(tiny_profile):
@@ -139,30 +147,49 @@ def test_not_a_profile_folder_is_refused(tmp_path):
         run_profile(tiny_config(), tmp_path)
 
 
+def visit_keys(folder):
+    from latency.profiler import VISIT_COLUMNS, VISIT_KINDS
+
+    return [(r["graph"], r["batch"], r["seq_len"], r["visit"]) for r in
+            read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)]
+
+
 def test_resume_after_sigkill(tmp_path):
-    """Kill a real `hwnas profile` mid-run (twice), re-run: no row lost or duplicated."""
+    """Kill a real `hwnas profile` mid-run (in the first round of visits, then once rows are being written),
+    re-run: no row lost or duplicated, the final rows are exactly the planned entries."""
     out = tmp_path / "killed"
     argv = [sys.executable, "-m", "nas.cli", "profile", "--out", str(out), *CLI_TINY, "--batch", "1,2",
             "--seq-len", "16,32", "--e2e", "2", "--json"]
     expected = sorted(j.key for j in plan_jobs(tiny_config(batch=(1, 2), seq_len=(16, 32))))
-    for kill_after_rows in (3, 40):
+    for ready in (lambda: len(visit_keys(out)) >= 5, lambda: len(keys(out)) >= 3):
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "ops.csv").exists() and len(keys(out)) >= kill_after_rows:
+            if (out / "visits.csv").exists() and ready():
                 break
             time.sleep(0.005)
         assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        got = keys(out)
-        assert len(got) == len(set(got)) and 0 < len(got) < len(expected)
+        got, visits = keys(out), visit_keys(out)
+        assert len(got) == len(set(got)) and len(got) < len(expected)
+        assert len(visits) == len(set(visits)) and 0 < len(visits) < 2 * len(expected)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["measured_now"] == len(expected) - len(got)
-    final = keys(out)
+    assert json.loads(done.stdout)["visits_measured_now"] == 2 * len(expected) - len(visits)
+    final, visits = keys(out), visit_keys(out)
     assert sorted(final) == expected and len(final) == len(set(final))
+    assert len(visits) == len(set(visits)) == 2 * len(expected)
     assert load_profile(out).meta["status"] == "complete"
+
+
+def test_a_row_lost_after_its_last_visit_is_rebuilt_without_measuring(tiny_profile):
+    out, _ = tiny_profile
+    lines = (out / "ops.csv").read_text().splitlines(keepends=True)
+    (out / "ops.csv").write_text("".join(lines[:-1]))  # as if killed between the last visit and the row
+    result = run_profile(tiny_config(), out)
+    assert result["visits_measured_now"] == 0
+    assert sorted((out / "ops.csv").read_text().splitlines(keepends=True)) == sorted(lines)
 
 
 def test_measure_json(tmp_path, capsys):

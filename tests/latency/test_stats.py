@@ -4,7 +4,17 @@ import math
 import numpy as np
 import pytest
 
-from latency.stats import Protocol, as_array, cv, next_chunk, retest_agreement, rse_median, stop_reason, summarize
+from latency.stats import (
+    Protocol,
+    as_array,
+    combine_visits,
+    cv,
+    next_chunk,
+    retest_agreement,
+    rse_median,
+    stop_reason,
+    summarize,
+)
 
 # 40 saved timings (s) of ffn:inner=1024|h=256 at b8_s128 on onnxruntime, one thread; two slow outliers
 SAVED_S = [
@@ -24,7 +34,7 @@ def test_summarize_saved_numbers():
     assert s["latency_p90_ms"] == pytest.approx(np.percentile(x, 90), abs=1e-6)
     assert s["latency_p10_ms"] <= s["latency_p50_ms"] <= s["latency_p90_ms"]
     assert s["cv"] == pytest.approx(np.std(x, ddof=1) / np.mean(x), rel=1e-4)
-    assert set(s) == {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "rse"}
+    assert set(s) == {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "rse", "mean_ms", "sd_ms"}
 
 
 def test_summarize_exact_small_case():
@@ -97,3 +107,19 @@ def test_protocol_round_trip_ignores_unknown_fields():
     assert Protocol.from_dict({**p.to_dict(), "future_field": 1}) == p
     assert {"warmup_runs", "warmup_min_s", "min_runs", "max_runs", "target_rse", "time_cap_s", "statistic",
             "order", "seed"} <= set(p.to_dict())
+
+
+def test_combine_visits_outvotes_a_spoiled_visit_and_pools_the_cv():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.010, 0.0002, 30), rng.normal(0.0102, 0.0002, 40)
+    spoiled = rng.normal(0.022, 0.0002, 10)  # a burst of load: the whole visit 2.2x slower
+    c = combine_visits([summarize(a), summarize(spoiled), summarize(b)])
+    assert 10.0 <= c["latency_p50_ms"] <= 10.3  # not dragged towards 22 ms
+    assert c["latency_p10_ms"] <= c["latency_p50_ms"] <= c["latency_p90_ms"]
+    assert c["n_runs"] == 80 and c["visits"] == 3 and c["visit_spread"] > 1.0
+    pooled = np.concatenate([a, spoiled, b]) * 1e3
+    assert c["cv"] == pytest.approx(pooled.std(ddof=1) / pooled.mean(), rel=1e-3)  # exact pooling
+    one = combine_visits([summarize(a)])
+    assert one["latency_p50_ms"] == summarize(a)["latency_p50_ms"] and one["visit_spread"] == 0.0
+    with pytest.raises(ValueError):
+        combine_visits([])

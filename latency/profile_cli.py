@@ -1,0 +1,94 @@
+"""The ``hwnas profile`` and ``hwnas measure`` commands: parse options into a :class:`ProfileConfig`, run, print.
+
+Examples:
+    hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out profiles/mycpu
+    hwnas profile --space adabert,nasbert --preset tiny --quick --out /tmp/demo-profile
+    hwnas measure arch.json --backend onnxruntime --threads 1 --batch 8 --seq-len 128 --json
+"""
+from __future__ import annotations
+
+from latency.measure import quick_protocol
+from latency.profiler import (
+    DEFAULT_BATCH,
+    DEFAULT_E2E,
+    DEFAULT_SEQ_LEN,
+    QUICK_BATCH,
+    QUICK_E2E,
+    QUICK_SEQ_LEN,
+    ProfileConfig,
+    run_profile,
+)
+from latency.stats import Protocol
+from latency.table import ProfileError
+from nas.spaces.ops import Context
+
+
+def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None], ...]:
+    """``--space adabert,nasbert`` with ``--preset tiny`` (all) or ``--preset adabert=tiny,nasbert=small``."""
+    names = [s.strip() for s in space.split(",") if s.strip()]
+    if not names:
+        raise ProfileError("--space is empty; name one or more spaces, e.g. --space adabert,nasbert")
+    per: dict[str, str] = {}
+    if preset and "=" in preset:
+        for item in preset.split(","):
+            k, _, v = item.partition("=")
+            per[k.strip()] = v.strip()
+        unknown = sorted(set(per) - set(names))
+        if unknown:
+            raise ProfileError(f"--preset names {unknown}, which are not in --space {space}")
+    return tuple((n, per.get(n) if per else preset) for n in names)
+
+
+def config_from_args(args) -> ProfileConfig:
+    quick = bool(getattr(args, "quick", False))
+    protocol = Protocol(seed=args.seed)
+    return ProfileConfig(
+        backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
+        batch=tuple(args.batch or (QUICK_BATCH if quick else DEFAULT_BATCH)),
+        seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else DEFAULT_SEQ_LEN)),
+        e2e=args.e2e if args.e2e is not None else (QUICK_E2E if quick else DEFAULT_E2E), seed=args.seed,
+        protocol=quick_protocol(protocol) if quick else protocol, quick=quick,
+    )
+
+
+def profile_main(args) -> int:
+    """``hwnas profile``: measure or resume, then print the summary (``--json``: one object)."""
+    import json
+    import sys
+
+    result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    r, rt, roof = result, result["retest"], result["roofline"]
+    print(f"wrote {r['out']}: {r['ops_rows']} op rows, {r['e2e_rows']} e2e rows "
+          f"({r['visits_measured_now']} visits measured now, {r['wall_s']} s)")
+    print(f"median CV {r['median_cv']}; retest on {rt.get('n')} entries: median |diff| "
+          f"{rt.get('median_abs_diff_pct')} %, p90 {rt.get('p90_abs_diff_pct')} %")
+    print(f"roofline: peak {r['peak_gflops']} GFLOP/s, bandwidth {r['bandwidth_gbs']} GB/s; ops at median "
+          f"{roof.get('median_pct_of_bound')} % of their bound")
+    if roof.get("n_faster_than_bound"):
+        print(f"warning: {roof['n_faster_than_bound']} entries faster than their roofline bound (broken timer or "
+              f"FLOP/byte count?), e.g. {roof['faster_than_bound'][:3]}; see roofline.csv", file=sys.stderr)
+    return 0
+
+
+def measure_main(args) -> int:
+    """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
+    import json
+
+    from latency.measure import measure_arch
+    from nas.arch import Architecture
+
+    arch = Architecture.load(args.arch)
+    protocol = Protocol()
+    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=args.backend, device=args.device,
+                     threads=args.threads, protocol=protocol)
+    r["protocol"] = protocol.to_dict()
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
+              f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
+              f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs)")
+    return 0
