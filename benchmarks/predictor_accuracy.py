@@ -151,11 +151,63 @@ def pairs(profs: list[ProfileData]) -> list[tuple[ProfileData, ProfileData]]:
     return out
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
+
+
+def _f(v, nd: int = 3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def markdown(results: dict) -> str:
+    """The tables of benchmarks/README.md from a results file."""
+    lines = ["| profile | predictor | space | n | +-5% | +-10% | MAPE % | RMSE ms | rho min / mean per Context | "
+             "rho FLOPs | rho params |", "|" + "---|" * 11]
+    for prof, r in results["profiles"].items():
+        for kind, k in r["kinds"].items():
+            for space, m in k["spaces"].items():
+                lines.append(f"| {prof} | {kind} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
+                             f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | {_f(m['rmse_ms'])} | "
+                             f"{_f(m['spearman_min_ctx'])} / {_f(m['spearman_mean_ctx'])} | "
+                             f"{_f(m['spearman_flops_mean_ctx'])} | {_f(m['spearman_params_mean_ctx'])} |")
+    lines += ["", "Interpolation (the seq_len removed from the table and the calibration rows, test rows at it):", "",
+              "| profile | held-out | predictor | space | n | +-5% | +-10% | MAPE % | rho min / mean |", "|" + "---|" * 9]
+    for prof, r in results["profiles"].items():
+        for held, res in r["interpolation"].items():
+            for kind, sp in res.items():
+                for space, m in sp.items():
+                    lines.append(f"| {prof} | {held} | {kind} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
+                                 f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | "
+                                 f"{_f(m['spearman_min_ctx'])} / {_f(m['spearman_mean_ctx'])} |")
+    lines += ["", "| profile | op measurements | e2e measurements (calibration / test) | profiling minutes |",
+              "|---|---|---|---|"]
+    for prof, r in results["profiles"].items():
+        c = r["cost"]
+        lines.append(f"| {prof} | {c['op_measurements']} | {c['e2e_measurements']} ({c['e2e_calibration']} / "
+                     f"{c['e2e_test']}) | {c['profile_minutes'] if c['profile_minutes'] is not None else '-'} |")
+    if results["few_shot"]:
+        lines += ["", "| source -> target | shots | space | +-10% | +-5% | MAPE % | rho mean per Context |",
+                  "|---|---|---|---|---|---|---|"]
+        for fs in results["few_shot"]:
+            for label in ["no_adaptation", *[k for k in fs if k.startswith("shots=")], "target_full_profile"]:
+                if label not in fs:
+                    continue
+                for space, m in fs[label].items():
+                    lines.append(f"| {fs['source']} -> {fs['target']} | {label} | {space} | "
+                                 f"{_pct(m['within_10_pct'])} | {_pct(m['within_5_pct'])} | {_f(m['mape_pct'], 1)} | "
+                                 f"{_f(m['spearman_mean_ctx'])} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="*", help="profile folders (default: every one under profiles/)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--markdown", action="store_true", help="print the README tables of an existing --out file")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
     folders = [Path(p) for p in args.profiles] or sorted(
         p for p in (ROOT / "profiles").iterdir() if (p / "profile.json").is_file())
     profs = []

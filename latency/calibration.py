@@ -3,15 +3,22 @@
 A calibration layer turns per-op milliseconds (from the table or the regression) into *effective* per-op costs
 that add up to what whole models measure, per space:
 
-    op_eff(op, ctx)  = alpha(ctx) * op_ms(op, ctx) + beta_kind(op)(ctx)
+    op_eff(op, ctx)  = max(0, alpha(ctx) * op_ms(op, ctx) + eta(ctx) * harness_ms(op, ctx) + beta_kind(op)(ctx))
     overhead(ctx)    = alpha(ctx) * previous_overhead(ctx) + gamma(ctx)
 
-with ``alpha``, ``beta_k`` and ``gamma`` linear in a few smooth functions of the Context (``log batch``,
-``log seq_len``, tokens), so they interpolate between Contexts. Being linear in the op bag, it keeps a model's
+where ``harness_ms(op)`` is the table's ``identity`` entry at the op's width: what timing an op on its own costs
+beyond the op (binding inputs, fetching the output), which a whole model does not pay per op. The coefficients
+``alpha``, ``eta``, ``beta_k`` and ``gamma`` are linear in a few functions of the Context: by default ``alpha`` is a
+common level plus one bilinear "hat" function per grid Context (in log batch, log seq_len), so each measured
+Context gets its own correction and Contexts between them interpolate; ``eta`` is one number, ``beta`` linear in
+tokens, ``gamma`` a constant (a per-token correction is an op's, so that few-op models extrapolate sanely). Being linear in the op bag, it keeps a model's
 latency a sum over its ops: the loss's cost tensors and ``predict`` agree exactly. The coefficients are fitted by
 ridge regression on relative errors, shrunk towards the identity (alpha = 1, beta = gamma = 0), with Huber
 reweighting so that a disturbed measurement does not pull the fit, and the ridge chosen by cross-validation over
-whole architectures.
+whole architectures, then raised until no calibration row, and not the fastest architecture of the space at any
+grid Context, is predicted at or below zero. The overhead may be negative (the table's entries each carry the
+timing harness's own cost, which a whole model pays once); an op whose effective cost comes out negative is
+clamped to zero so that the search never sees an op as a way to gain time.
 """
 from __future__ import annotations
 
@@ -31,27 +38,57 @@ BASES: dict[str, Callable[[Context], float]] = {
     "log_seq_len": lambda c: math.log(c.seq_len),
     "log_tokens": lambda c: math.log(c.tokens),
     "ktokens": lambda c: c.tokens / 1000.0,
+    "log_batch_sq": lambda c: math.log(c.batch) ** 2,
+    "log_seq_len_sq": lambda c: math.log(c.seq_len) ** 2,
+    "log_batch_x_seq_len": lambda c: math.log(c.batch) * math.log(c.seq_len),
 }
 
 
-def _basis(names: list[str], ctx: Context) -> np.ndarray:
-    return np.array([BASES[n](ctx) for n in names])
+def _hat(grid: tuple[tuple[int, ...], tuple[int, ...]], ctx: Context) -> np.ndarray:
+    """Bilinear weights (in log batch, log seq_len) of ``ctx`` on the grid's Contexts; the nearest edge outside."""
+    from latency.lut import _axis_weights
+
+    gb, gs = grid
+    w = np.zeros((len(gb), len(gs)))
+    bi, bj, bt = _axis_weights(list(gb), ctx.batch)
+    si, sj, st = _axis_weights(list(gs), ctx.seq_len)
+    bt, st = min(max(bt, 0.0), 1.0), min(max(st, 0.0), 1.0)
+    for i, wi in ((bi, 1 - bt), (bj, bt)):
+        for j, wj in ((si, 1 - st), (sj, st)):
+            w[i, j] += wi * wj
+    return w.reshape(-1)
+
+
+def _basis(names, ctx: Context, grid=None) -> np.ndarray:
+    """Basis values at ``ctx``; ``hat`` expands to one bilinear hat function per grid Context."""
+    parts = []
+    for n in names:
+        if n == "hat":
+            if grid is None:
+                raise PredictorError("calibration basis 'hat' needs the Context grid; refit with `hwnas fit`")
+            parts.append(_hat(grid, ctx))
+        else:
+            parts.append(np.array([BASES[n](ctx)]))
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 @dataclass
 class CalibrationSpec:
     """How a layer is shaped and regularised (stored with it)."""
 
-    alpha: tuple[str, ...] = ("one", "log_batch", "log_seq_len")  # basis of the multiplicative correction
+    alpha: tuple[str, ...] = ("one", "hat")  # basis of the multiplicative correction
     beta: tuple[str, ...] = ("one", "ktokens")  # basis of the per-op-kind additive correction
-    gamma: tuple[str, ...] = ("one", "ktokens")  # basis of the per-model additive correction
+    gamma: tuple[str, ...] = ("one",)  # basis of the per-model additive correction (per-token terms belong to ops)
     per_kind: bool = True  # fit beta per op kind (False: no beta at all)
     ridge: float | None = None  # shrinkage towards the identity per row on standardised columns (None: by CV)
+    grid: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (batch, seq_len) grid of the 'hat' basis
+    harness: tuple[str, ...] = ("one",)  # basis of eta, the weight of each op's harness cost (() = off)
+    harness_kind: str = "identity"  # the op kind whose table entry measures the harness at a width
 
 
 RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # candidates of the cross-validated ridge
 FULL = CalibrationSpec()
-FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=(), gamma=("one",), per_kind=False)
+FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=(), gamma=("one",), per_kind=False, harness=())
 
 
 @dataclass
@@ -80,41 +117,62 @@ class Calibration:
             raise PredictorError(f"the {self.role} layer has no coefficients for space {space!r}; refit with "
                                  f"e2e measurements of that space") from None
 
-    def apply_ops(self, space: str, specs: list[OpSpec], ms: np.ndarray, ctx: Context) -> np.ndarray:
-        """Effective cost ``(len(specs),)`` of each op from its previous-layer cost ``ms``."""
+    def needs_harness(self, space: str) -> bool:
+        return bool(self._space(space).get("eta"))
+
+    def harness_specs(self, specs: list[OpSpec]) -> list[OpSpec]:
+        """The ops whose previous-layer cost is each op's harness cost (``identity`` at the op's width)."""
+        return [OpSpec.make(self.spec.harness_kind, s.hidden) for s in specs]
+
+    def apply_ops(self, space: str, specs: list[OpSpec], ms: np.ndarray, ctx: Context,
+                  harness_ms: np.ndarray | None = None) -> np.ndarray:
+        """Effective cost ``(len(specs),)`` of each op from its previous-layer cost ``ms`` (and harness cost)."""
         c = self._space(space)
-        alpha = float(np.dot(c["alpha"], _basis(list(self.spec.alpha), ctx)))
-        b = _basis(list(self.spec.beta), ctx) if self.spec.beta else np.zeros(0)
+        g = self.spec.grid
+        alpha = float(np.dot(c["alpha"], _basis(self.spec.alpha, ctx, g)))
+        b = _basis(self.spec.beta, ctx, g)
         beta = np.array([float(np.dot(c["beta"][s.kind], b)) if s.kind in c["beta"] else 0.0 for s in specs])
-        return alpha * ms + beta
+        out = alpha * ms + beta
+        if c.get("eta"):
+            if harness_ms is None:  # pragma: no cover - a caller bug
+                raise PredictorError("calibration needs the harness cost of each op")
+            out = out + float(np.dot(c["eta"], _basis(self.spec.harness, ctx, g))) * harness_ms
+        return np.maximum(out, 0.0)  # never negative, even far from the fitted Contexts
 
     def apply_overhead(self, space: str, overhead_ms: float, ctx: Context) -> float:
         c = self._space(space)
-        alpha = float(np.dot(c["alpha"], _basis(list(self.spec.alpha), ctx)))
-        return alpha * overhead_ms + float(np.dot(c["gamma"], _basis(list(self.spec.gamma), ctx)))
+        g = self.spec.grid
+        alpha = float(np.dot(c["alpha"], _basis(self.spec.alpha, ctx, g)))
+        return alpha * overhead_ms + float(np.dot(c["gamma"], _basis(self.spec.gamma, ctx, g)))
 
     def to_dict(self) -> dict:
         s = self.spec
-        return {"role": self.role, "form": "op_eff = alpha(ctx)*op_ms + beta_kind(ctx); overhead = "
-                "alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha), "beta_basis": list(s.beta),
-                "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "ridge": s.ridge, "coef": self.coef}
+        return {"role": self.role, "form": "op_eff = max(0, alpha(ctx)*op_ms + eta(ctx)*harness_ms + beta_kind(ctx));"
+                " overhead = alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha),
+                "harness_basis": list(s.harness), "harness_kind": s.harness_kind, "beta_basis": list(s.beta),
+                "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "ridge": s.ridge,
+                "grid": [list(x) for x in s.grid] if s.grid else None, "coef": self.coef}
 
     @staticmethod
     def from_dict(d: dict) -> Calibration:
-        unknown = [b for b in (*d["alpha_basis"], *d["beta_basis"], *d["gamma_basis"]) if b not in BASES]
+        names = (*d["alpha_basis"], *d["beta_basis"], *d["gamma_basis"], *d.get("harness_basis", ()))
+        unknown = [b for b in names if b not in BASES and b != "hat"]
         if unknown:
             raise PredictorError(f"predictor.json: unknown calibration basis {unknown}; refit with `hwnas fit`")
         spec = CalibrationSpec(tuple(d["alpha_basis"]), tuple(d["beta_basis"]), tuple(d["gamma_basis"]),
-                               bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]))
+                               bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]),
+                               tuple(tuple(int(v) for v in x) for x in d["grid"]) if d.get("grid") else None,
+                               tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"))
         return Calibration(d["role"], spec, d["coef"])
 
 
 PrevCost = Callable[[str, list[OpSpec], Context], np.ndarray]  # (space, specs, ctx) -> previous-layer op ms
 PrevOverhead = Callable[[str, Context], float]
+Accept = Callable[[str, "Calibration"], bool]  # (space, trial layer) -> usable (e.g. no architecture below 0 ms)
 
 
 def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOverhead, spec: CalibrationSpec,
-                    role: str = "calibration") -> Calibration:
+                    role: str = "calibration", accept: Accept | None = None) -> Calibration:
     """Fit one layer per space on whole-model rows (ridge on relative error, shrunk to the identity).
 
     Args:
@@ -123,53 +181,120 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
         prev_overhead: the previous layer's overhead ms.
         spec: bases and regularisation.
         role: stored label.
+        accept: an extra check of a trial layer; the ridge is raised until it passes.
     Returns:
         The fitted layer.
     """
     if not rows:
         raise PredictorError("no calibration rows: the profile's e2e.csv has no 'calibration' split; run "
                              "`hwnas profile --e2e N` or fit `--kind lut`")
-    coef: dict[str, dict] = {}
+    coef = {}
     for space in sorted({r.space for r in rows}):
-        srows = [r for r in rows if r.space == space]
-        kinds = sorted({s.kind for r in srows for s in r.bag})
-        if spec.per_kind and spec.beta:
-            # kinds whose count never varies are confounded with gamma: leave them out
-            kinds = [k for k in kinds if len({sum(n for s, n in r.bag.items() if s.kind == k) for r in srows}) > 1]
-        else:
-            kinds = []
-        na, nb, ng = len(spec.alpha), len(spec.beta), len(spec.gamma)
-        x = np.zeros((len(srows), na + nb * len(kinds) + ng))  # (rows, params)
-        y = np.array([r.measured_ms for r in srows])  # (rows,)
-        cache: dict[tuple[Context, OpSpec], float] = {}
-        for i, r in enumerate(srows):
-            need = [s for s in r.bag if (r.ctx, s) not in cache]
-            if need:
-                cache.update({(r.ctx, s): float(v) for s, v in zip(need, prev_ops(space, need, r.ctx))})
-            total = prev_overhead(space, r.ctx) + sum(n * cache[(r.ctx, s)] for s, n in r.bag.items())
-            x[i, :na] = total * _basis(list(spec.alpha), r.ctx)
-            for j, k in enumerate(kinds):
-                count = sum(n for s, n in r.bag.items() if s.kind == k)
-                x[i, na + j * nb: na + (j + 1) * nb] = count * _basis(list(spec.beta), r.ctx)
-            x[i, na + nb * len(kinds):] = _basis(list(spec.gamma), r.ctx)
-        theta0 = np.zeros(x.shape[1])
-        theta0[0] = 1.0 if spec.alpha[0] == "one" else 0.0
-        xw = x / y[:, None]  # relative error
-        rw = 1.0 - xw @ theta0
-        scale = np.sqrt((xw**2).mean(0))  # (params,)
-        scale[scale == 0] = 1.0
-        xs = xw / scale
-        groups = [r.group for r in srows]
-        lam = spec.ridge if spec.ridge is not None else _cv_ridge(xs, rw, groups)
-        theta = theta0 + _ridge(xs, rw, lam) / scale
-        coef[space] = {
-            "alpha": [float(v) for v in theta[:na]],
-            "beta": {k: [float(v) for v in theta[na + j * nb: na + (j + 1) * nb]] for j, k in enumerate(kinds)},
-            "gamma": [float(v) for v in theta[na + nb * len(kinds):]],
-            "rows": len(srows),
-            "ridge": lam,
-        }
+        fitter = _SpaceFit(space, [r for r in rows if r.space == space], prev_ops, prev_overhead, spec, role)
+        coef[space] = fitter.fit(accept)
     return Calibration(role, spec, coef)
+
+
+class _SpaceFit:
+    """The design matrix of one space's rows and the ridge path over it."""
+
+    def __init__(self, space, rows, prev_ops, prev_overhead, spec, role) -> None:
+        self.space, self.rows, self.spec, self.role, self.prev_overhead = space, rows, spec, role, prev_overhead
+        g = spec.grid
+        self.cache: dict[tuple[Context, OpSpec], float] = {}
+        for r in rows:
+            need = [s for s in r.bag if (r.ctx, s) not in self.cache]
+            if need:
+                self.cache.update({(r.ctx, s): float(v) for s, v in zip(need, prev_ops(space, need, r.ctx))})
+        self.harness: dict[tuple[Context, int], float] = {}
+        if spec.harness:
+            try:
+                for r in rows:
+                    hs = sorted({s.hidden for s in r.bag if (r.ctx, s.hidden) not in self.harness})
+                    ids = [OpSpec.make(spec.harness_kind, h) for h in hs]
+                    self.harness.update({(r.ctx, h): float(v) for h, v in zip(hs, prev_ops(space, ids, r.ctx))})
+            except PredictorError:  # no harness entry at some width: fit without the term
+                self.harness = {}
+        self.use_harness = bool(self.harness)
+        self.kinds = self._kinds() if spec.per_kind and spec.beta else []
+        na, nb = (len(_basis(names, rows[0].ctx, g)) for names in (spec.alpha, spec.beta))
+        self.nh = len(_basis(spec.harness, rows[0].ctx, g)) if self.use_harness else 0
+        self.na, self.nb = na, nb
+        x = np.stack([self._row(r) for r in rows])  # (rows, params)
+        y = np.array([r.measured_ms for r in rows])  # (rows,)
+        self.theta0 = np.zeros(x.shape[1])  # the identity: alpha(ctx) = 1, no additive terms
+        pos = 0
+        for name in spec.alpha:
+            size = len(_basis((name,), rows[0].ctx, g))
+            if name == "one" or (name == "hat" and "one" not in spec.alpha):
+                self.theta0[pos: pos + size] = 1.0
+                break
+            pos += size
+        xw = x / y[:, None]  # relative error
+        self.rw = 1.0 - xw @ self.theta0
+        self.scale = np.sqrt((xw**2).mean(0))  # (params,)
+        self.scale[self.scale == 0] = 1.0
+        self.xs = xw / self.scale
+
+    def _count(self, r: Row, kind: str) -> int:
+        return sum(n for s, n in r.bag.items() if s.kind == kind)
+
+    def _kinds(self) -> list[str]:
+        """Kinds given their own beta: those whose counts add information beyond the constant and the kinds
+        already in (most expensive first). A count that never varies (embedding, head), or one fixed by the others
+        (NAS-BERT's empty layers = layers - the rest), would only make the split between betas arbitrary."""
+        mean_ms: dict[str, list[float]] = {}
+        for (_, s), ms in self.cache.items():
+            mean_ms.setdefault(s.kind, []).append(ms)
+        order = sorted(mean_ms, key=lambda k: (-float(np.mean(mean_ms[k])), k))
+        cols, kinds = [np.ones(len(self.rows))], []
+        for k in order:
+            c = np.array([self._count(r, k) for r in self.rows], dtype=float)
+            if np.linalg.matrix_rank(np.stack(cols + [c], 1)) > len(cols):
+                cols.append(c)
+                kinds.append(k)
+        return sorted(kinds)
+
+    def _row(self, r: Row) -> np.ndarray:
+        spec, g = self.spec, self.spec.grid
+        total = self.prev_overhead(self.space, r.ctx) + sum(n * self.cache[(r.ctx, s)] for s, n in r.bag.items())
+        parts = [total * _basis(spec.alpha, r.ctx, g)]
+        if self.use_harness:
+            h = sum(n * self.harness[(r.ctx, s.hidden)] for s, n in r.bag.items())
+            parts.append(h * _basis(spec.harness, r.ctx, g))
+        parts += [self._count(r, k) * _basis(spec.beta, r.ctx, g) for k in self.kinds]
+        parts.append(_basis(spec.gamma, r.ctx, g))
+        return np.concatenate(parts)
+
+    def coef(self, theta: np.ndarray) -> dict:
+        na, nh, nb = self.na, self.nh, self.nb
+        o = na + nh
+        return {"alpha": [float(v) for v in theta[:na]], "eta": [float(v) for v in theta[na:o]],
+                "beta": {k: [float(v) for v in theta[o + j * nb: o + (j + 1) * nb]] for j, k in enumerate(self.kinds)},
+                "gamma": [float(v) for v in theta[o + nb * len(self.kinds):]]}
+
+    def feasible(self, trial: Calibration) -> bool:
+        """alpha > 0 at every fitted Context and every calibration row predicted above 0 (after the clamps)."""
+        c = trial.coef[self.space]
+        for r in self.rows:
+            if float(np.dot(c["alpha"], _basis(self.spec.alpha, r.ctx, self.spec.grid))) <= 0:
+                return False
+            specs = list(r.bag)
+            hm = np.array([self.harness.get((r.ctx, s.hidden), 0.0) for s in specs])
+            ms = trial.apply_ops(self.space, specs, np.array([self.cache[(r.ctx, s)] for s in specs]), r.ctx, hm)
+            ovh = trial.apply_overhead(self.space, self.prev_overhead(self.space, r.ctx), r.ctx)
+            if ovh + sum(r.bag[s] * m for s, m in zip(specs, ms)) <= 0:
+                return False
+        return True
+
+    def fit(self, accept: Accept | None) -> dict:
+        lam = self.spec.ridge if self.spec.ridge is not None else _cv_ridge(self.xs, self.rw, [r.group for r in self.rows])
+        for cand in [lam] + [v for v in RIDGE_GRID if v > lam] + [None]:  # more shrinkage until usable
+            theta = self.theta0 if cand is None else self.theta0 + _ridge(self.xs, self.rw, cand) / self.scale
+            trial = Calibration(self.role, self.spec, {self.space: self.coef(theta)})
+            if cand is None or (self.feasible(trial) and (accept is None or accept(self.space, trial))):
+                break
+        return {**self.coef(theta), "rows": len(self.rows), "ridge": cand}
 
 
 HUBER = 0.05  # relative residual beyond which a row's weight falls off (a disturbed measurement)

@@ -19,6 +19,7 @@ Kinds, by what gives the per-op ms and which corrections sit on top:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import os
@@ -190,8 +191,10 @@ class OpPredictor(Predictor):
 
     def _through(self, space: str, specs: list[OpSpec], ctx: Context, upto: int) -> np.ndarray:
         ms = self.base_ms(specs, ctx)
-        for layer in self.layers[:upto]:
-            ms = layer.apply_ops(space, specs, ms, ctx)
+        for i, layer in enumerate(self.layers[:upto]):
+            harness = (self._through(space, layer.harness_specs(specs), ctx, i) if layer.needs_harness(space)
+                       else None)
+            ms = layer.apply_ops(space, specs, ms, ctx, harness)
         return ms
 
     def _overhead(self, space: str, ctx: Context, upto: int) -> float:
@@ -226,8 +229,20 @@ class OpPredictor(Predictor):
     def add_layer(self, rows: list[Row], spec=FULL, role: str = "calibration") -> None:
         """Fit a calibration layer on ``rows`` on top of the current layers."""
         n = len(self.layers)
+        if spec.grid is None and any("hat" in b for b in (spec.alpha, spec.beta, spec.gamma)):
+            spec = dataclasses.replace(spec, grid=(tuple(self.grid["batch"]), tuple(self.grid["seq_len"])))
+        ctxs = sorted({r.ctx for r in rows} | {Context(b, s) for b in self.grid["batch"] for s in self.grid["seq_len"]})
+
+        def accept(space: str, trial: Calibration) -> bool:
+            """The fastest architecture of the space stays above 0 ms at every Context fitted or measured."""
+            probe = OpPredictor(self.kind, self.base, [*self.layers, trial], spaces=self.spaces, grid=self.grid,
+                                profile=self.profile)
+            sp = self.space(space)
+            return all(probe.cost_matrix(sp, c).extremes()[0][0] > 0 for c in ctxs
+                       if c.seq_len <= getattr(sp.preset, "max_len", c.seq_len))
+
         layer = fit_calibration(rows, lambda sp, specs, c: self._through(sp, specs, c, n),
-                                lambda sp, c: self._overhead(sp, c, n), spec, role)
+                                lambda sp, c: self._overhead(sp, c, n), spec, role, accept)
         self.layers.append(layer)
         self._cache.clear()
 
