@@ -125,5 +125,5 @@ def check_context(space, ctx: Context) -> None:
 
 def quick_protocol(protocol: Protocol) -> Protocol:
     """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
-    return replace(protocol, warmup_runs=2, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
+    return replace(protocol, warmup_runs=1, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
                    visits=2, retest_fraction=0.05, retest_min=5)

@@ -62,7 +62,7 @@ VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms"
                  "mean_ms", "sd_ms", "n_runs", "stop"]
 VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
                "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
-CACHE_GRAPHS = 16  # prepared graphs (sessions) kept alive at once; others are re-created from their files
+CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
 
 @dataclass

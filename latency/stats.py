@@ -22,9 +22,10 @@ MEDIAN_SE = 1.2533  # sqrt(pi/2): standard error of the median per sd/sqrt(n) fo
 class Protocol:
     """How each entry is measured; written into profile.json next to the numbers."""
 
-    warmup_runs: int = 2  # untimed runs before each visit's timed runs (at least)
+    warmup_runs: int = 1  # untimed runs before each visit's timed runs (at least)
     warmup_min_s: float = 0.02  # ... and warm up for at least this long
-    min_runs: int = 5  # timed runs per visit, at least
+    min_runs: int = 5  # timed runs per visit, at least ...
+    cap_min_runs: int = 3  # ... unless the time cap comes first: then at least this many
     max_runs: int = 2000  # timed runs per visit, at most
     target_rse: float = 0.01  # a visit stops once the relative standard error of its median is at most this
     time_cap_s: float = 0.15  # ... or once an op entry's visit has been timed this long (min_runs still apply)
@@ -137,15 +138,17 @@ def combine_visits(visits: list[dict]) -> dict:
 
 
 def stop_reason(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> str | None:
-    """Whether to stop timing an entry: ``"stable"``, ``"time_cap"``, ``"max_runs"``, or None to go on.
+    """Whether to stop timing a visit: ``"stable"``, ``"time_cap"``, ``"max_runs"``, or None to go on.
 
-    ``min_runs`` always come first; then the entry stops as soon as the median is stable
-    (RSE <= ``target_rse``), its time is used up, or ``max_runs`` is reached.
+    ``min_runs`` come first (only ``cap_min_runs`` when the time cap is reached before); then the visit stops as
+    soon as the median is stable (RSE <= ``target_rse``), its time is used up, or ``max_runs`` is reached.
     """
     cap = protocol.time_cap_s if time_cap_s is None else time_cap_s
     n = len(samples_s)
-    if n < protocol.min_runs:
+    if n < min(protocol.cap_min_runs, protocol.min_runs):
         return None
+    if n < protocol.min_runs:
+        return "time_cap" if elapsed_s >= cap else None
     if rse_median(samples_s, protocol.rse_method) <= protocol.target_rse:
         return "stable"
     if n >= protocol.max_runs:
@@ -156,14 +159,18 @@ def stop_reason(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: flo
 
 
 def next_chunk(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> int:
-    """How many runs to time before checking :func:`stop_reason` again: double the runs so far, but not past
-    the time cap (estimated from the median run) nor ``max_runs``; at least 1."""
+    """How many runs to time before checking :func:`stop_reason` again: up to ``cap_min_runs`` first, then
+    double the runs so far, but not past the time cap (estimated from the median run) nor ``max_runs``
+    (nor ``min_runs`` until it is reached); at least 1."""
     cap = protocol.time_cap_s if time_cap_s is None else time_cap_s
     n = len(samples_s)
-    if n < protocol.min_runs:
-        return protocol.min_runs - n
+    first = min(protocol.cap_min_runs, protocol.min_runs)
+    if n < first:
+        return first - n
     per_run = max(float(np.median(as_array(samples_s))), 1e-9)
     by_time = int((cap - elapsed_s) / per_run) + 1
+    if n < protocol.min_runs:
+        return max(1, min(protocol.min_runs - n, by_time))
     return max(1, min(n, by_time, protocol.max_runs - n))
 
 

@@ -71,7 +71,7 @@ def test_bootstrap_is_deterministic_for_a_seed():
 
 
 def test_stop_rule():
-    p = Protocol(min_runs=5, max_runs=50, target_rse=0.01, time_cap_s=1.0)
+    p = Protocol(min_runs=5, cap_min_runs=3, max_runs=50, target_rse=0.01, time_cap_s=1.0)
     stable = [1.0, 1.001, 0.999, 1.0, 1.002]
     noisy = [1.0, 1.5, 0.6, 1.3, 0.8, 1.2]
     assert stop_reason(stable[:4], 0.0, p) is None  # min_runs first, however stable
@@ -80,16 +80,21 @@ def test_stop_rule():
     assert stop_reason(noisy, 1.0, p) == "time_cap"
     assert stop_reason(noisy, 5.0, p, time_cap_s=10.0) is None  # a per-call cap (e2e) overrides
     assert stop_reason(noisy * 10, 0.0, p) == "max_runs"
+    # slow entries: past the cap, cap_min_runs runs are enough; never fewer
+    assert stop_reason([0.4, 0.41], 0.81, p) is None
+    assert stop_reason([0.4, 0.41, 0.4], 1.21, p) == "time_cap"
+    assert stop_reason([0.1, 0.11, 0.1], 0.31, p) is None
 
 
 def test_next_chunk_doubles_within_the_cap():
-    p = Protocol(min_runs=5, max_runs=100, time_cap_s=1.0)
-    assert next_chunk([], 0.0, p) == 5
+    p = Protocol(min_runs=5, cap_min_runs=3, max_runs=100, time_cap_s=1.0)
+    assert next_chunk([], 0.0, p) == 3
     assert next_chunk([0.001] * 3, 0.0, p) == 2
+    assert next_chunk([0.4] * 3, 1.2, p) == 1  # past the cap: one at a time until the rule stops it
     assert next_chunk([0.001] * 10, 0.0, p) == 10  # doubling
     assert next_chunk([0.1] * 10, 0.75, p) == 3  # 0.25 s left at 0.1 s per run
     assert next_chunk([0.001] * 90, 0.0, p) == 10  # max_runs
-    assert next_chunk([0.5] * 10, 2.0, p) == 1  # past the cap: one more, then the rule stops it
+    assert next_chunk([0.5] * 10, 2.0, p) == 1
 
 
 def test_retest_agreement():
