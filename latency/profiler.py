@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint
+from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
 from latency.measure import EXPORT_CTX, check_context, measure_runnable, token_inputs
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
@@ -43,25 +45,18 @@ from latency.table import (
     OPS_KINDS,
     SCHEMA,
     ProfileError,
-    RowAppender,
     check_compatible,
     check_unique,
     read_meta,
     read_rows,
-    row_key,
     write_meta,
 )
-from nas.spaces.ops import Context, OpSpec, build_op, get_op, op_bytes, op_flops
+from nas.spaces.ops import Context, OpSpec, build_op, get_op
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 2
-NUM_LABELS = 2
-VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms", "latency_p10_ms", "latency_p90_ms",
-                 "mean_ms", "sd_ms", "n_runs", "stop"]
-VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
-               "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
 CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
 
@@ -103,7 +98,14 @@ class Job:
 
     @property
     def key(self) -> tuple:
+        """The entry's key in ops.csv / e2e.csv."""
         return (self.graph, self.ctx.batch, self.ctx.seq_len)
+
+    @property
+    def visit_key(self) -> tuple:
+        """The entry's key in visits.csv: an architecture is named by a short hash of its JSON."""
+        gid = self.graph if self.kind == "op" else "arch:" + hashlib.sha1(self.graph.encode()).hexdigest()[:16]
+        return (gid, self.ctx.batch, self.ctx.seq_len)
 
 
 def sample_archs(space, n: int, seed: int) -> list:
@@ -201,19 +203,6 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     return s
 
 
-def entry_row(job: Job, visits: list[dict]) -> dict:
-    """The ops.csv or e2e.csv row of ``job`` from its visits."""
-    s, ctx = combine_visits(visits), job.ctx
-    if job.kind == "op":
-        spec = job.spec
-        return {"op_key": spec.key, "kind": spec.kind, "hidden": spec.hidden, "batch": ctx.batch,
-                "seq_len": ctx.seq_len, **s, "flops": op_flops(spec, ctx), "bytes": op_bytes(spec, ctx)}
-    space = job.arch.get_space()
-    return {"arch_json": job.arch.key, "space": space.name, "preset": space.preset.name, "split": job.split,
-            "batch": ctx.batch, "seq_len": ctx.seq_len, **s, "flops": space.flops(job.arch, ctx, NUM_LABELS),
-            "params": space.analytic_params(job.arch, NUM_LABELS)}
-
-
 def rounds(jobs: list[Job], protocol: Protocol) -> list[tuple[int, Job]]:
     """(visit, job) in measurement order: round v measures every entry once, in its own seeded order."""
     out = [(0, j) for j in jobs]
@@ -222,51 +211,6 @@ def rounds(jobs: list[Job], protocol: Protocol) -> list[tuple[int, Job]]:
         random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
         out += [(v, j) for j in order]
     return out
-
-
-class Journal:
-    """The folder's durable record: each visit goes to ``visits.csv`` as it ends; an entry's row goes to
-    ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
-
-    def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
-        self.folder, self.k, self.by_key = folder, protocol.visits, {j.key: j for j in jobs}
-        self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
-        self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
-        self.visits: dict[tuple, dict[int, dict]] = {}
-        for r in read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
-            self.visits.setdefault((r["graph"], r["batch"], r["seq_len"]), {})[r["visit"]] = r
-
-    def wants(self, job: Job, visit: int) -> bool:
-        return job.key not in self.done and visit not in self.visits.get(job.key, {})
-
-    def __enter__(self) -> Journal:
-        self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
-                    "e2e": RowAppender(self.folder / "e2e.csv", E2E_COLUMNS),
-                    "visit": RowAppender(self.folder / "visits.csv", VISIT_COLUMNS)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for out in self.out.values():
-            out.close()
-
-    def add(self, job: Job, visit: int, s: dict) -> None:
-        row = {"entry": job.kind, "graph": job.graph, "batch": job.ctx.batch, "seq_len": job.ctx.seq_len,
-               "visit": visit, **s}
-        self.out["visit"].append(row)
-        self.visits.setdefault(job.key, {})[visit] = row
-        self._finish(job)
-
-    def _finish(self, job: Job) -> None:
-        got = self.visits.get(job.key, {})
-        if job.key not in self.done and len(got) >= self.k:
-            self.out[job.kind].append(entry_row(job, [got[v] for v in sorted(got)][: self.k]))
-            self.done.add(job.key)
-
-    def finish_complete(self) -> None:
-        """Write the rows of entries whose visits all ended before a kill took the row with it."""
-        for key in list(self.visits):
-            if key in self.by_key:
-                self._finish(self.by_key[key])
 
 
 def _lock(folder: Path):
@@ -350,6 +294,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             session["wall_s"] = round(time.perf_counter() - t_start, 1)
             meta["status"] = "complete"
             write_meta(folder, meta)
+            (folder / ".lock").unlink(missing_ok=True)
         finally:
             os.close(lock)
     return summary(folder, meta, ops, e2e, session)

@@ -1,0 +1,94 @@
+"""The profile folder's durable record of measurements in progress.
+
+Each visit of an entry is appended to ``visits.csv`` as it ends (one line, fsync'd); once all of an entry's
+visits are in, its row is appended to ``ops.csv`` or ``e2e.csv``. Re-opening the journal after a kill knows
+exactly which visits and rows exist, so a re-run measures only what is missing and writes every row once.
+
+``visits.csv`` columns: ``entry`` (op | e2e), ``graph`` (the op key, or ``arch:`` + 16 hex digits of the
+SHA-1 of the architecture's JSON), ``batch``, ``seq_len``, ``visit``, the visit's latency percentiles, mean and
+sd (ms), ``n_runs`` and why it stopped (``stable``, ``time_cap``, ``max_runs``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from latency.stats import Protocol, combine_visits
+from latency.table import (
+    E2E_COLUMNS,
+    E2E_KEY,
+    E2E_KINDS,
+    OPS_COLUMNS,
+    OPS_KEY,
+    OPS_KINDS,
+    RowAppender,
+    read_rows,
+    row_key,
+)
+from nas.spaces.ops import op_bytes, op_flops
+
+if TYPE_CHECKING:
+    from latency.profiler import Job
+
+NUM_LABELS = 2  # the classifier width every profile measures (heads and whole models)
+VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms", "latency_p10_ms", "latency_p90_ms",
+                 "mean_ms", "sd_ms", "n_runs", "stop"]
+VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
+               "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
+
+def entry_row(job: Job, visits: list[dict]) -> dict:
+    """The ops.csv or e2e.csv row of ``job`` from its visits."""
+    s, ctx = combine_visits(visits), job.ctx
+    if job.kind == "op":
+        spec = job.spec
+        return {"op_key": spec.key, "kind": spec.kind, "hidden": spec.hidden, "batch": ctx.batch,
+                "seq_len": ctx.seq_len, **s, "flops": op_flops(spec, ctx), "bytes": op_bytes(spec, ctx)}
+    space = job.arch.get_space()
+    return {"arch_json": job.arch.key, "space": space.name, "preset": space.preset.name, "split": job.split,
+            "batch": ctx.batch, "seq_len": ctx.seq_len, **s, "flops": space.flops(job.arch, ctx, NUM_LABELS),
+            "params": space.analytic_params(job.arch, NUM_LABELS)}
+
+
+class Journal:
+    """The folder's durable record: each visit goes to ``visits.csv`` as it ends; an entry's row goes to
+    ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
+
+    def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
+        self.folder, self.k, self.by_key = folder, protocol.visits, {j.visit_key: j for j in jobs}
+        self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
+        self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
+        self.visits: dict[tuple, dict[int, dict]] = {}  # visit key -> visit number -> its summary
+        for r in read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+            self.visits.setdefault((r["graph"], r["batch"], r["seq_len"]), {})[r["visit"]] = r
+
+    def wants(self, job: Job, visit: int) -> bool:
+        return job.key not in self.done and visit not in self.visits.get(job.visit_key, {})
+
+    def __enter__(self) -> Journal:
+        self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
+                    "e2e": RowAppender(self.folder / "e2e.csv", E2E_COLUMNS),
+                    "visit": RowAppender(self.folder / "visits.csv", VISIT_COLUMNS)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for out in self.out.values():
+            out.close()
+
+    def add(self, job: Job, visit: int, s: dict) -> None:
+        gid, batch, seq_len = job.visit_key
+        row = {"entry": job.kind, "graph": gid, "batch": batch, "seq_len": seq_len, "visit": visit, **s}
+        self.out["visit"].append(row)
+        self.visits.setdefault(job.visit_key, {})[visit] = row
+        self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        got = self.visits.get(job.visit_key, {})
+        if job.key not in self.done and len(got) >= self.k:
+            self.out[job.kind].append(entry_row(job, [got[v] for v in sorted(got)][: self.k]))
+            self.done.add(job.key)
+
+    def finish_complete(self) -> None:
+        """Write the rows of entries whose visits all ended before a kill took the row with it."""
+        for key in list(self.visits):
+            if key in self.by_key:
+                self._finish(self.by_key[key])
