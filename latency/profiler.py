@@ -55,7 +55,7 @@ from nas.spaces.ops import Context, OpSpec, build_op, get_op
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
+DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 16
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 2
 CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
@@ -261,7 +261,8 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
         lock = _lock(folder)
         try:
             meta = stored or meta
-            session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0}
+            session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0,
+                       "loadavg_start": _loadavg(), "cpu_affinity": fingerprint(cfg.threads)["cpu_affinity"]}
             meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]
             write_meta(folder, meta)
             if not meta.get("roofline"):
@@ -291,6 +292,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             write_roofline_csv(folder / "roofline.csv", rows)
             meta["roofline"]["summary"] = roofline_summary(rows)
             session["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+            session["loadavg_end"] = _loadavg()
             session["wall_s"] = round(time.perf_counter() - t_start, 1)
             meta["status"] = "complete"
             write_meta(folder, meta)
@@ -313,13 +315,23 @@ def run_retest(graphs: Graphs, jobs: list[Job], rows: list[dict], protocol: Prot
         bar.show(f"retest {job.label} {job.ctx} (visit {v + 1}/{protocol.visits})")
         visits[job.key].append(measure_visit(graphs, job, protocol))
         bar.advance()
-    a, b, entries = [], [], []
-    for job in jobs:
-        second = combine_visits(visits[job.key])["latency_p50_ms"]
-        a.append(first[job.key])
-        b.append(second)
-        entries.append({"entry": f"{job.label} {job.ctx}", "first_ms": first[job.key], "second_ms": second})
-    return {**retest_agreement(a, b), "entries": entries}
+    second = {j.key: combine_visits(visits[j.key])["latency_p50_ms"] for j in jobs}
+    by_kind = {}
+    for kind in ("op", "e2e"):
+        ks = [j.key for j in jobs if j.kind == kind]
+        if ks:
+            agreement = retest_agreement([first[k] for k in ks], [second[k] for k in ks])
+            by_kind[kind] = {k: agreement.get(k) for k in ("n", "median_abs_diff_pct", "median_signed_diff_pct")}
+    entries = [{"entry": f"{j.label} {j.ctx}", "first_ms": first[j.key], "second_ms": second[j.key]} for j in jobs]
+    return {**retest_agreement([first[j.key] for j in jobs], [second[j.key] for j in jobs]), "by_kind": by_kind,
+            "when": "after all entries; every visit again, in rounds", "entries": entries}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not available
+        return None
 
 
 def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session: dict) -> dict:
