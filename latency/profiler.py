@@ -266,7 +266,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]
             write_meta(folder, meta)
             if not meta.get("roofline"):
-                quick = Protocol(min_runs=3, time_cap_s=0.03, warmup_min_s=0.0) if cfg.quick else None
+                quick = Protocol(min_runs=5, time_cap_s=0.1, target_rse=0.005) if cfg.quick else None
                 meta["roofline"] = measure_roofline(backend, quick)
                 write_meta(folder, meta)
             journal = Journal(folder, jobs, cfg.protocol)
