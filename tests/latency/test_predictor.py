@@ -202,3 +202,23 @@ def test_cli_errors_are_one_line_with_status_2(synth_profile, tmp_path, capsys):
     assert "not a profile folder" in capsys.readouterr().err
     assert main(["fit", str(synth_profile), "--e2e-only"]) == 2
     assert "--from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["lut+calibration", "regression+calibration"])
+def test_calibrated_costs_are_never_negative_and_models_take_time(predictors, kind):
+    pred = predictors[kind]
+    for name in ("adabert", "nasbert"):
+        space = pred.space(name)
+        for b in (1, 4):
+            for s in (16, 24, 64):
+                cost = pred.cost_matrix(space, Context(b, s))
+                assert all(float(c.min()) >= 0 for _, c in cost.terms)
+                assert cost.extremes()[0][0] > 0
+
+
+def test_calibration_layer_is_plain_json_with_its_form(predictors):
+    layer = predictors["lut+calibration"].to_dict()["layers"][0]
+    assert layer["alpha_basis"] == ["one", "hat"] and layer["grid"] == [[1, 4], [16, 32, 64]]
+    assert set(layer["coef"]) == {"adabert", "nasbert"}
+    for c in layer["coef"].values():
+        assert len(c["alpha"]) == 1 + 6 and c["rows"] > 0 and c["ridge"] is not None
