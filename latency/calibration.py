@@ -79,7 +79,7 @@ class CalibrationSpec:
     alpha: tuple[str, ...] = ("one", "hat")  # basis of the multiplicative correction
     beta: tuple[str, ...] = ("one", "ktokens")  # basis of the per-op-kind additive correction
     gamma: tuple[str, ...] = ("one",)  # basis of the per-model additive correction (per-token terms belong to ops)
-    per_kind: bool = True  # fit beta per op kind (False: no beta at all)
+    per_kind: bool = True  # fit beta per op kind (False: one beta shared by every op, key "*")
     ridge: float | None = None  # shrinkage towards the identity per row on standardised columns (None: by CV)
     grid: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (batch, seq_len) grid of the 'hat' basis
     harness: tuple[str, ...] = ("one",)  # basis of eta, the weight of each op's harness cost (() = off)
@@ -88,7 +88,8 @@ class CalibrationSpec:
 
 RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # candidates of the cross-validated ridge
 FULL = CalibrationSpec()
-FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=(), gamma=("one",), per_kind=False, harness=())
+FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=("one",), gamma=("one",), per_kind=False, harness=())
+ALL_KINDS = "*"  # the beta key shared by every op when not per kind
 
 
 @dataclass
@@ -131,7 +132,9 @@ class Calibration:
         g = self.spec.grid
         alpha = float(np.dot(c["alpha"], _basis(self.spec.alpha, ctx, g)))
         b = _basis(self.spec.beta, ctx, g)
-        beta = np.array([float(np.dot(c["beta"][s.kind], b)) if s.kind in c["beta"] else 0.0 for s in specs])
+        betas = c["beta"]
+        beta = np.array([float(np.dot(betas[k], b)) if (k := s.kind if s.kind in betas else ALL_KINDS) in betas
+                         else 0.0 for s in specs])
         out = alpha * ms + beta
         if c.get("eta"):
             if harness_ms is None:  # pragma: no cover - a caller bug
@@ -216,7 +219,7 @@ class _SpaceFit:
             except PredictorError:  # no harness entry at some width: fit without the term
                 self.harness = {}
         self.use_harness = bool(self.harness)
-        self.kinds = self._kinds() if spec.per_kind and spec.beta else []
+        self.kinds = (self._kinds() if spec.per_kind else [ALL_KINDS]) if spec.beta else []
         na, nb = (len(_basis(names, rows[0].ctx, g)) for names in (spec.alpha, spec.beta))
         self.nh = len(_basis(spec.harness, rows[0].ctx, g)) if self.use_harness else 0
         self.na, self.nb = na, nb
@@ -237,7 +240,7 @@ class _SpaceFit:
         self.xs = xw / self.scale
 
     def _count(self, r: Row, kind: str) -> int:
-        return sum(n for s, n in r.bag.items() if s.kind == kind)
+        return sum(n for s, n in r.bag.items() if kind in (s.kind, ALL_KINDS))
 
     def _kinds(self) -> list[str]:
         """Kinds given their own beta: those whose counts add information beyond the constant and the kinds

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
+import sys
 from pathlib import Path
 
 from latency.profile_data import PredictorError, read_profile
@@ -70,15 +70,19 @@ def predict_cli(args) -> int:
         notes.append(f"no {prof_dir}/predictor.json: fitted the default '{DEFAULT_KIND}' predictor in memory "
                      f"(save it with `hwnas fit {prof_dir}`)")
     ctx = Context(args.batch, args.seq_len)
-    with warnings.catch_warnings():
+    quiet = logging.getLogger("latency.predictor")
+    level, quiet.level = quiet.level, logging.ERROR  # the warnings go into the output below instead
+    try:
         sp = pred.space(arch.space, arch.preset, arch.version)
         notes += pred.check_context(ctx, sp)
         ms = pred.predict(arch, ctx)
+    finally:
+        quiet.setLevel(level)
     obj = {"latency_ms": ms, "predictor": pred.kind, "batch": ctx.batch, "seq_len": ctx.seq_len,
            "space": arch.space, "profile": str(prof_dir), "warnings": notes}
-    text = f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len})" + "".join(
-        f"\nwarning: {n}" for n in notes)
-    _emit(obj, args.json, text)
+    _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len})")
+    for n in notes if not args.json else []:
+        print(f"hwnas: warning: {n}", file=sys.stderr)
     return 0
 
 
