@@ -67,7 +67,7 @@ def without_seq(prof: ProfileData, seq: int) -> ProfileData:
 def build_cost(prof: ProfileData) -> dict:
     """Measurements behind a profile and the minutes they took (from its sessions, else estimated from runs)."""
     ops, e2e = prof.ops if prof.ops is not None else [], prof.e2e if prof.e2e is not None else []
-    secs = sum(float(s.get("elapsed_s") or 0) for s in prof.meta.get("sessions") or [])
+    secs = sum(float(s.get("wall_s") or s.get("elapsed_s") or 0) for s in prof.meta.get("sessions") or [])
     est = 0.0
     for df in (ops, e2e):
         if len(df):
@@ -79,9 +79,23 @@ def build_cost(prof: ProfileData) -> dict:
             "timed_minutes_lower_bound": round(est / 60, 1)}
 
 
+def repeatability(prof: ProfileData) -> dict | None:
+    """How well the profile's own measurements agree with a second measurement of the same entries (its retest):
+    the ceiling for any predictor judged against one measurement."""
+    entries = (prof.meta.get("retest") or {}).get("entries") or []
+    out = {}
+    for label, rows in (("e2e", [e for e in entries if "#" in e["entry"]]),
+                        ("op", [e for e in entries if "#" not in e["entry"]])):
+        d = np.array([abs(e["second_ms"] / e["first_ms"] - 1) for e in rows])
+        if len(d):
+            out[label] = {"n": int(len(d)), "within_5_pct": float(np.mean(d <= 0.05)),
+                          "within_10_pct": float(np.mean(d <= 0.10)), "median_abs_diff_pct": float(100 * np.median(d))}
+    return out or None
+
+
 def accuracy(prof: ProfileData) -> dict:
     out = {"backend": prof.meta.get("backend", {}), "grid": prof.meta.get("grid"), "cost": build_cost(prof),
-           "kinds": {}, "interpolation": {}}
+           "repeatability": repeatability(prof), "kinds": {}, "interpolation": {}}
     for kind in KINDS:
         t0 = time.perf_counter()
         pred = fit(prof, kind)
@@ -179,12 +193,14 @@ def markdown(results: dict) -> str:
                     lines.append(f"| {prof} | {held} | {kind} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
                                  f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | "
                                  f"{_f(m['spearman_min_ctx'])} / {_f(m['spearman_mean_ctx'])} |")
-    lines += ["", "| profile | op measurements | e2e measurements (calibration / test) | profiling minutes |",
-              "|---|---|---|---|"]
+    lines += ["", "| profile | op measurements | e2e measurements (calibration / test) | profiling minutes | "
+              "e2e re-measured: within +-5% / +-10% (n) |", "|---|---|---|---|---|"]
     for prof, r in results["profiles"].items():
-        c = r["cost"]
+        c, rep = r["cost"], (r.get("repeatability") or {}).get("e2e")
+        rep_s = f"{_pct(rep['within_5_pct'])} / {_pct(rep['within_10_pct'])} ({rep['n']})" if rep else "-"
         lines.append(f"| {prof} | {c['op_measurements']} | {c['e2e_measurements']} ({c['e2e_calibration']} / "
-                     f"{c['e2e_test']}) | {c['profile_minutes'] if c['profile_minutes'] is not None else '-'} |")
+                     f"{c['e2e_test']}) | {c['profile_minutes'] if c['profile_minutes'] is not None else '-'} | "
+                     f"{rep_s} |")
     if results["few_shot"]:
         lines += ["", "| source -> target | shots | space | +-10% | +-5% | MAPE % | rho mean per Context |",
                   "|---|---|---|---|---|---|---|"]
