@@ -260,6 +260,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
         folder.mkdir(parents=True, exist_ok=True)
         lock = _lock(folder)
         try:
+            backend.use_workdir(folder / ".work")  # exported graphs; cleared by the next run after a kill
             meta = stored or meta
             session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0,
                        "loadavg_start": _loadavg(), "cpu_affinity": fingerprint(cfg.threads)["cpu_affinity"]}

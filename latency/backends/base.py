@@ -86,9 +86,18 @@ class Backend(abc.ABC):
     # -- scratch space ------------------------------------------------------------------------------
     @property
     def workdir(self) -> Path:
+        """Where exported graphs go (a fresh temporary folder unless :meth:`use_workdir` named one); removed
+        by :meth:`close`."""
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"hwnas-{self.name}-"))
         return self._workdir
+
+    def use_workdir(self, path: Path) -> None:
+        """Export into ``path`` (emptied first), e.g. inside a profile folder, so that a killed run leaves its
+        files where the next run of the same folder clears them."""
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        self._workdir = path
 
     def close(self) -> None:
         if self._workdir is not None:

@@ -179,6 +179,7 @@ def test_resume_after_sigkill(tmp_path):
     assert json.loads(done.stdout)["visits_measured_now"] == 2 * len(expected) - len(visits)
     final, visits = keys(out), visit_keys(out)
     assert sorted(final) == expected and len(final) == len(set(final))
+    assert not (out / ".work").exists() and not (out / ".lock").exists()  # scratch of the killed runs cleared
     assert len(visits) == len(set(visits)) == 2 * len(expected)
     assert load_profile(out).meta["status"] == "complete"
 
