@@ -88,7 +88,8 @@ class CalibrationSpec:
 
 RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # candidates of the cross-validated ridge
 FULL = CalibrationSpec()
-FEW_SHOT = CalibrationSpec(alpha=("one", "log_tokens"), beta=("one",), gamma=("one",), per_kind=False, harness=())
+FEW_SHOT = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",), per_kind=False,
+                           harness=())
 ALL_KINDS = "*"  # the beta key shared by every op when not per kind
 
 

@@ -1,9 +1,10 @@
 """Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
 
 The source predictor's per-op costs are kept; one more calibration layer (:data:`latency.calibration.FEW_SHOT`:
-``alpha(ctx) = a0 + a1 log tokens`` and a per-model ``gamma``, per space, strongly shrunk towards the identity)
-is fitted on at most ``shots`` rows of the new profile's ``calibration`` split, chosen round-robin over
-(space, Context) with the seed. The new profile needs no op table.
+``alpha(ctx) = a0 + a1 log batch + a2 log seq_len``, one per-op ``beta`` shared by all kinds and a per-model
+``gamma``, per space, shrunk towards the identity with a cross-validated ridge)
+is fitted on at most ``shots`` rows of the new profile's ``calibration`` split (spaces take turns, Contexts spread
+in a seeded order). The new profile needs no op table.
 """
 from __future__ import annotations
 
@@ -16,19 +17,30 @@ from latency.profile_data import PredictorError, ProfileData, profile_hash
 
 
 def pick_shots(rows: list, shots: int, seed: int = 0) -> list:
-    """At most ``shots`` rows, round-robin over (space, Context) groups, each group in a seeded order."""
-    groups: dict[tuple, list] = defaultdict(list)
-    for r in rows:
-        groups[(r.space, r.ctx)].append(r)
+    """At most ``shots`` rows: spaces take turns; within a space, Contexts in a seeded order (so a few shots
+    spread over the grid), then another architecture at each Context."""
     rng = random.Random(seed)
-    order = sorted(groups)
-    for k in order:
-        rng.shuffle(groups[k])
+    per_space: dict[str, list[list]] = {}
+    for space in sorted({r.space for r in rows}):
+        groups: dict = defaultdict(list)
+        for r in rows:
+            if r.space == space:
+                groups[r.ctx].append(r)
+        ctxs = sorted(groups)
+        rng.shuffle(ctxs)
+        for c in ctxs:
+            rng.shuffle(groups[c])
+        per_space[space] = [groups[c] for c in ctxs]
     out: list = []
-    while len(out) < shots and any(groups[k] for k in order):
-        for k in order:
-            if groups[k] and len(out) < shots:
-                out.append(groups[k].pop())
+    cursor = {s: 0 for s in per_space}
+    while len(out) < shots and any(any(g) for g in per_space.values()):
+        for space, groups in per_space.items():
+            if len(out) >= shots or not any(groups):
+                continue
+            while not groups[cursor[space] % len(groups)]:
+                cursor[space] += 1
+            out.append(groups[cursor[space] % len(groups)].pop())
+            cursor[space] += 1
     return out
 
 
