@@ -32,7 +32,7 @@ import torch
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
-from latency.measure import EXPORT_CTX, check_context, measure_runnable, token_inputs
+from latency.measure import EXPORT_CTX, check_context, measure_arch, measure_runnable, token_inputs  # noqa: F401
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
 from latency.stats import Protocol, combine_visits, retest_agreement, summarize
