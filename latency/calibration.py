@@ -10,8 +10,9 @@ where ``harness_ms(op)`` is the table's ``identity`` entry at the op's width: wh
 beyond the op (binding inputs, fetching the output), which a whole model does not pay per op. The coefficients
 ``alpha``, ``eta``, ``beta_k`` and ``gamma`` are linear in a few functions of the Context: by default ``alpha`` is a
 common level plus one bilinear "hat" function per grid Context (in log batch, log seq_len), so each measured
-Context gets its own correction and Contexts between them interpolate; ``eta`` is one number, ``beta`` linear in
-tokens, ``gamma`` a constant (a per-token correction is an op's, so that few-op models extrapolate sanely). Being linear in the op bag, it keeps a model's
+Context gets its own correction and Contexts between them interpolate; ``eta``, each ``beta_k`` and ``gamma`` are
+constants. (Per-kind terms growing with tokens fit random architectures as well but extrapolate badly to the
+homogeneous ones a budgeted search finds, e.g. eight separable convolutions.) Being linear in the op bag, it keeps a model's
 latency a sum over its ops: the loss's cost tensors and ``predict`` agree exactly. The coefficients are fitted by
 ridge regression on relative errors, shrunk towards the identity (alpha = 1, beta = gamma = 0), with Huber
 reweighting so that a disturbed measurement does not pull the fit, and the ridge chosen by cross-validation over
@@ -77,7 +78,7 @@ class CalibrationSpec:
     """How a layer is shaped and regularised (stored with it)."""
 
     alpha: tuple[str, ...] = ("one", "hat")  # basis of the multiplicative correction
-    beta: tuple[str, ...] = ("one", "ktokens")  # basis of the per-op-kind additive correction
+    beta: tuple[str, ...] = ("one",)  # basis of the per-op-kind additive correction (a constant per op run)
     gamma: tuple[str, ...] = ("one",)  # basis of the per-model additive correction (per-token terms belong to ops)
     per_kind: bool = True  # fit beta per op kind (False: one beta shared by every op, key "*")
     ridge: float | None = None  # shrinkage towards the identity per row on standardised columns (None: by CV)
