@@ -1,5 +1,6 @@
 # The README's commands. Every target that runs code creates .venv first (once; re-done when setup.cfg changes).
-#   make demo   sample, inspect and export an architecture of each space, then run it in onnxruntime
+#   make demo   sample, inspect, export and run an architecture of each space; profile this CPU (--quick), fit a
+#               predictor, predict and measure the samples, evaluate the predictor
 #   make test   lint, then the whole test suite
 #   make lint   ruff only
 SHELL := /bin/bash
@@ -43,4 +44,12 @@ demo: venv
 	    print(sys.argv[2], \"in onnxruntime: logits\", sess.run([\"logits\"], {k: x[k].numpy() for k in names})[0].round(4))" \
 	    $(DEMO)/$$space.json $(DEMO)/$$space.onnx; \
 	done
-	# ---- later demo steps go below this line (hwnas profile --quick, hwnas fit, hwnas search ...) ----
+	# profile this CPU quickly (about a minute; a second run finds the folder complete), fit, predict, evaluate
+	$(BIN)/hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out $(DEMO)/profile --quick
+	$(BIN)/hwnas fit $(DEMO)/profile
+	for space in adabert nasbert; do \
+	  $(BIN)/hwnas predict $(DEMO)/profile $(DEMO)/$$space.json --batch 1 --seq-len 128; \
+	  $(BIN)/hwnas measure $(DEMO)/$$space.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128; \
+	done
+	$(BIN)/hwnas evaluate-predictor $(DEMO)/profile --plot $(DEMO)/predictor.png
+	# ---- later demo steps go below this line (hwnas search ...) ----
