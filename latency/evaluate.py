@@ -110,9 +110,11 @@ def plot(results: dict[str, list[dict]], path, title: str = "") -> None:
             ax = axes[i][j]
             pts = [p for p in results[kind] if p["space"] == space]
             ctxs = sorted({p["ctx"] for p in pts})
-            for ctx in ctxs:
+            colours = plt.cm.tab20(np.linspace(0, 1, max(len(ctxs), 2)))
+            for ctx, colour in zip(ctxs, colours):
                 cp = [p for p in pts if p["ctx"] == ctx]
-                ax.scatter([p["measured_ms"] for p in cp], [p["predicted_ms"] for p in cp], s=9, label=str(ctx))
+                ax.scatter([p["measured_ms"] for p in cp], [p["predicted_ms"] for p in cp], s=9, label=str(ctx),
+                           color=colour)
             if pts:
                 lo = min(min(p["measured_ms"], p["predicted_ms"]) for p in pts) * 0.8
                 hi = max(max(p["measured_ms"], p["predicted_ms"]) for p in pts) * 1.25
