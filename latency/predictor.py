@@ -32,7 +32,7 @@ import numpy as np
 from latency.calibration import FULL, Calibration, Row, fit_calibration
 from latency.loss import CostModel, build_cost_model
 from latency.lut import OpTable
-from latency.profile_data import PredictorError, ProfileData, profile_hash, read_profile
+from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
 from latency.regression import OpRegressor
 from nas.spaces.base import SearchSpace, get_space
 from nas.spaces.ops import Context, OpSpec
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "hwnas.predictor/1"
 KINDS = ("lut", "lut+calibration", "regression", "regression+calibration")
-DEFAULT_KIND = "lut+calibration"  # chosen by measured accuracy: see README "Predictors"
+DEFAULT_KIND = "regression+calibration"  # chosen by measured accuracy: see README "Predictors"
 FAR_FACTOR = {"lut": 2.0, "regression": 4.0}  # beyond this factor outside the grid, refuse to extrapolate
 
 
@@ -286,6 +286,9 @@ def load_predictor(path: str | os.PathLike, profile: ProfileData | None = None) 
     if profile is not None and pred.profile != profile_hash(profile.meta):
         raise PredictorError(f"{f} was fitted on another device/backend/protocol than {profile.path}; refit with "
                              f"`hwnas fit {profile.path}`")
+    if profile is not None and pred.meta.get("data_hash") not in (None, data_hash(profile.path)):
+        raise PredictorError(f"{f} was fitted before {profile.path}'s tables last changed; refit with "
+                             f"`hwnas fit {profile.path}`")
     return pred
 
 
@@ -319,7 +322,8 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
         base: OpTable | OpRegressor = OpTable.from_frame(prof.ops, f"{prof.path}/ops.csv")
     else:
         base = OpRegressor.fit(prof.ops, seed=seed)
-    meta = {"profile_name": prof.name, "backend": prof.meta.get("backend", {}), "seed": seed}
+    meta = {"profile_name": prof.name, "backend": prof.meta.get("backend", {}), "seed": seed,
+            "data_hash": data_hash(prof.path)}
     pred = OpPredictor(kind, base, [], spaces=prof.spaces(), grid={"batch": b, "seq_len": s},
                        profile=profile_hash(prof.meta), meta=meta)
     if kind.endswith("+calibration"):

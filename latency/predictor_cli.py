@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from latency.profile_data import PredictorError, read_profile
+from latency.profile_data import PredictorError, read_profile, resolve_profile
 from nas.spaces.ops import Context
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def fit_cli(args) -> int:
     from latency.evaluate import evaluate
     from latency.predictor import DEFAULT_KIND, fit, load_predictor
 
-    out = Path(args.profile) / "predictor.json"
+    out = resolve_profile(args.profile) / "predictor.json"
     if args.from_profile:
         from latency.transfer import transfer
 
@@ -31,7 +31,7 @@ def fit_cli(args) -> int:
         if args.kind:
             raise PredictorError("--kind applies to fitting a table; with --from the source predictor's kind is kept")
         new = read_profile(args.profile, need_ops=False)
-        src_dir = Path(args.from_profile)
+        src_dir = resolve_profile(args.from_profile)
         src = (load_predictor(src_dir) if (src_dir / "predictor.json").is_file() else fit(src_dir, DEFAULT_KIND))
         pred = transfer(src, new, shots=args.shots, seed=getattr(args, "seed", 0))
         prof = new
@@ -61,7 +61,7 @@ def predict_cli(args) -> int:
     from nas.arch import Architecture
 
     arch = Architecture.load(args.arch)
-    prof_dir = Path(args.profile)
+    prof_dir = resolve_profile(args.profile)
     notes: list[str] = []
     if (prof_dir / "predictor.json").is_file():
         pred = load_predictor(prof_dir)
@@ -97,7 +97,7 @@ def evaluate_cli(args) -> int:
     from latency.evaluate import evaluate, plot, test_points
     from latency.predictor import DEFAULT_KIND, KINDS, fit, load_predictor
 
-    prof_dir = Path(args.profile)
+    prof_dir = resolve_profile(args.profile)
     saved = (prof_dir / "predictor.json").is_file()
     prof = read_profile(prof_dir, need_ops=False)
     if args.kind and args.kind != "saved" and args.kind not in KINDS:

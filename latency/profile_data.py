@@ -85,6 +85,15 @@ def _read_csv(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
+def resolve_profile(path: str | os.PathLike) -> Path:
+    """A profile folder as given, else the shipped profile of that name (``hwnas list profiles``)."""
+    try:
+        from latency.table import resolve
+    except ImportError:
+        return Path(path)
+    return resolve(path)
+
+
 def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
     """Load a profile folder (``profile.json``, ``ops.csv``, ``e2e.csv``).
 
@@ -94,13 +103,7 @@ def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
     Returns:
         The profile's metadata and tables.
     """
-    p = Path(path)
-    try:
-        from latency.table import resolve  # a shipped profile's name works too
-
-        p = resolve(path)
-    except ImportError:
-        pass
+    p = resolve_profile(path)
     if not (p / "profile.json").is_file():
         raise PredictorError(f"{p}: not a profile folder (no profile.json); create one with "
                              f"`hwnas profile --out {p}` or pick one from `hwnas list profiles`")
@@ -132,6 +135,17 @@ def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
         raise PredictorError(f"{p}: no op table (ops.csv); run `hwnas profile --out {p}`, or fit a few-shot "
                              f"predictor with `hwnas fit {p} --from OTHER_PROFILE --e2e-only`")
     return ProfileData(p, meta, ops, e2e)
+
+
+def data_hash(folder: str | os.PathLike) -> str:
+    """A short id of the profile's tables (``ops.csv`` and ``e2e.csv`` as they are on disk)."""
+    h = hashlib.sha256()
+    for name in ("ops.csv", "e2e.csv"):
+        f = Path(folder) / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def profile_hash(meta: dict[str, Any]) -> str:

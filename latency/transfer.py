@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from latency.calibration import FEW_SHOT
 from latency.predictor import OpPredictor, Predictor, e2e_rows, predictor_from_dict
-from latency.profile_data import PredictorError, ProfileData, profile_hash
+from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash
 
 
 def pick_shots(rows: list, shots: int, seed: int = 0) -> list:
@@ -76,6 +76,6 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
     pred.spaces = [s for s in pred.spaces if s["name"] in spaces_chosen]
     pred.meta = {**pred.meta, "source_profile": source.meta.get("profile_name"), "source_hash": source.profile,
                  "profile_name": new.name, "backend": new.meta.get("backend", {}), "shots": len(chosen),
-                 "seed": seed}
+                 "seed": seed, "data_hash": data_hash(new.path)}
     pred.profile = profile_hash(new.meta)
     return pred

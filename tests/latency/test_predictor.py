@@ -222,3 +222,14 @@ def test_calibration_layer_is_plain_json_with_its_form(predictors):
     assert set(layer["coef"]) == {"adabert", "nasbert"}
     for c in layer["coef"].values():
         assert len(c["alpha"]) == 1 + 6 and c["rows"] > 0 and c["ridge"] is not None
+
+
+def test_predictor_older_than_the_tables_is_refused(synth_profile, tmp_path):
+    folder = tmp_path / "stale"
+    shutil.copytree(synth_profile, folder)
+    fit(folder, "lut").save(folder / "predictor.json")
+    assert load_predictor(folder).kind == "lut"
+    e2e = pd.read_csv(folder / "e2e.csv")
+    e2e.iloc[:-1].to_csv(folder / "e2e.csv", index=False)  # the profile changed after the fit
+    with pytest.raises(PredictorError, match="before .* tables last changed; refit"):
+        load_predictor(folder)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from latency.loss import expected_latency, one_hot_weights
-from latency.predictor import KINDS, fit, load_predictor
+from latency.predictor import DEFAULT_KIND, KINDS, fit, load_predictor
 from nas.cli import main
 from nas.spaces import Context, get_space
 
@@ -39,13 +39,13 @@ def test_one_hot_equals_predict_on_measured_numbers(real_tiny_profile, kind):
 def test_cli_on_a_real_profile(real_tiny_profile, tmp_path, capsys):
     capsys.readouterr()
     assert main(["fit", str(real_tiny_profile), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["predictor"] == "lut+calibration"
+    assert json.loads(capsys.readouterr().out)["predictor"] == DEFAULT_KIND
     arch = get_space("nasbert", "tiny").sample(7).save(tmp_path / "a.json")
     assert main(["predict", str(real_tiny_profile), str(arch), "--batch", "1", "--seq-len", "64", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["latency_ms"] > 0 and out["predictor"] == "lut+calibration" and out["warnings"] == []
+    assert out["latency_ms"] > 0 and out["predictor"] == DEFAULT_KIND and out["warnings"] == []
     assert main(["evaluate-predictor", str(real_tiny_profile), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)["results"]
     assert res["lut"]["nasbert"]["all"]["n"] > 0
-    refit = fit(real_tiny_profile, "lut+calibration").to_dict()
+    refit = fit(real_tiny_profile).to_dict()
     assert json.dumps(refit, sort_keys=True) == json.dumps(load_predictor(real_tiny_profile).to_dict(), sort_keys=True)
