@@ -26,7 +26,7 @@ from typing import Any
 
 from latency.device import COMPAT_FIELDS
 from nas.errors import HwnasError
-from nas.io import atomic_write_text
+from nas.io import atomic_write_text, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +168,7 @@ def read_meta(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "profile.json"
     if not path.is_file():
         raise ProfileError(f"{folder}: not a profile folder (no profile.json); create one with `hwnas profile`")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: not valid JSON ({e}); re-create the profile with `hwnas profile --force-new`") from None
-    if not isinstance(meta, dict):
-        raise ProfileError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, ProfileError, "re-create the profile with `hwnas profile --force-new`")
     if meta.get("schema") != SCHEMA:
         raise ProfileError(f"{path}: field 'schema' is {meta.get('schema')!r}, expected {SCHEMA!r}; "
                            "a profile of another tool or version: re-profile with `hwnas profile`")

@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader (or a killed process) never leaves half a file behind."""
+"""File helpers: atomic writes (a reader, or a killed process, never leaves half a file behind) and checked JSON reads."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,15 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically; see :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json_object(path: str | os.PathLike, error: type[Exception], fix: str) -> dict:
+    """Parse ``path`` as a JSON object, or raise ``error`` naming the file and ``fix`` (what the user should do)."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{p}: not valid JSON ({e}); {fix}") from None
+    if not isinstance(d, dict):
+        raise error(f"{p}: expected a JSON object; {fix}")
+    return d

@@ -26,7 +26,7 @@ from torch import nn
 
 from nas.arch import Architecture
 from nas.errors import HwnasError
-from nas.io import atomic_write_bytes, atomic_write_text
+from nas.io import atomic_write_bytes, atomic_write_text, read_json_object
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -115,12 +115,7 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
     path = folder / CONFIG
     if not path.is_file():
         raise ModelError(f"{path}: missing; {folder} is not a complete model folder (re-save the model)")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e}); re-save the model") from None
-    if not isinstance(d, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    d = read_json_object(path, ModelError, "re-save the model")
     if d.get("format") != FORMAT:
         raise ModelError(f"{path}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}; re-save the model")
     for name, kind, what in (("arch", dict, "an object"), ("num_labels", int, "an integer"),
