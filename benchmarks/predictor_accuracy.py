@@ -6,7 +6,8 @@ For every profile folder (default: each one under ``profiles/``) and every predi
   RMSE, Spearman per space and Context, with the Spearman of FLOPs and of parameter count as baselines;
 * interpolation: each interior grid ``seq_len`` is removed from the op table *and* from the calibration rows,
   the predictor is refitted, and the test rows at that ``seq_len`` are predicted;
-* cost to build: op and whole-model measurements and the measuring time they took.
+* cost to build: op and whole-model measurements and the measuring time they took;
+* the architectures a budgeted search returned (``results/budget_fidelity*.json`` of the profile), when present.
 
 Then few-shot transfer between profiles of the same CPU (onnxruntime 1 -> 2 threads, onnxruntime -> torch):
 ``transfer()`` from <= 10 / 20 calibration rows of the target, judged on the target's test split.
@@ -120,6 +121,30 @@ def accuracy(prof: ProfileData) -> dict:
     return out
 
 
+def search_found(prof: ProfileData) -> dict | None:
+    """Each kind on the architectures a budgeted search returned (``results/budget_fidelity*.json`` of this
+    profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets."""
+    from nas.arch import Architecture
+    from nas.spaces import Context
+
+    rows = []
+    for f in sorted((ROOT / "benchmarks" / "results").glob("budget_fidelity*.json")):
+        r = json.loads(f.read_text())
+        if r.get("profile") == prof.name:
+            rows += r["rows"]
+    if not rows:
+        return None
+    out = {}
+    for kind in KINDS:
+        pred = fit(prof, kind)
+        pts = [{"space": r["space"], "ctx": Context(r["batch"], r["seq_len"]), "measured_ms": r["measured_latency_ms"],
+                "predicted_ms": pred.predict(Architecture.from_dict(r["arch"]), Context(r["batch"], r["seq_len"])),
+                "flops": 0.0, "params": float(r["params"])} for r in rows]
+        out[kind] = {space: {k: m["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")}
+                     for space, m in evaluate(pred, prof, points=pts).items()}
+    return out
+
+
 def few_shot(src: ProfileData, dst: ProfileData, shots_list=(10, 20), seeds=(0, 1, 2)) -> dict:
     """Adapt ``src``'s default predictor to ``dst`` from a few of ``dst``'s calibration rows."""
     base = fit(src, DEFAULT_KIND)
@@ -201,6 +226,15 @@ def markdown(results: dict) -> str:
         lines.append(f"| {prof} | {c['op_measurements']} | {c['e2e_measurements']} ({c['e2e_calibration']} / "
                      f"{c['e2e_test']}) | {c['profile_minutes'] if c['profile_minutes'] is not None else '-'} | "
                      f"{rep_s} |")
+    found = [(p, r["search_found"]) for p, r in results["profiles"].items() if r.get("search_found")]
+    if found:
+        lines += ["", "Architectures returned by the budgeted search (`results/budget_fidelity*.json`, measured 3 times):",
+                  "", "| profile | predictor | space | n | +-5% | +-10% | MAPE % | bias % |", "|" + "---|" * 8]
+        for prof, res in found:
+            for kind, sp in res.items():
+                for space, m in sp.items():
+                    lines.append(f"| {prof} | {kind} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
+                                 f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | {_f(m['bias_pct'], 1)} |")
     if results["few_shot"]:
         lines += ["", "| source -> target | shots | space | +-10% | +-5% | MAPE % | rho mean per Context |",
                   "|---|---|---|---|---|---|---|"]
@@ -237,6 +271,7 @@ def main() -> int:
     for prof in profs:
         print(f"{prof.name} ({prof.backend_label()})", flush=True)
         results["profiles"][prof.name] = accuracy(prof)
+        results["profiles"][prof.name]["search_found"] = search_found(prof)
     for src, dst in pairs(profs):
         results["few_shot"].append(few_shot(src, dst))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
