@@ -1,13 +1,12 @@
 """What the predictors read from a profile folder: its metadata, op table and whole-model rows.
 
-:func:`read_profile` uses :func:`latency.table.load_profile` when it exists and falls back to reading the CSVs
-with pandas, so the predictors depend on one small function only. :func:`profile_hash` identifies the device,
-backend and protocol a predictor was fitted on.
+:func:`read_profile` wraps the profiler's validating loader (:func:`latency.table.load_profile`) and turns its
+errors into :class:`PredictorError`, so the predictors depend on one small function only. :func:`profile_hash`
+identifies the device, backend and protocol a predictor was fitted on.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from latency.table import fingerprint_hash, load_profile, resolve
 from nas.errors import HwnasError
-
-OPS_COLUMNS = ("op_key", "kind", "hidden", "batch", "seq_len", "latency_p50_ms", "flops", "bytes")
-E2E_COLUMNS = ("arch_json", "space", "split", "batch", "seq_len", "latency_p50_ms")
 
 
 class PredictorError(HwnasError, ValueError):
@@ -69,36 +66,16 @@ class ProfileData:
         return f"{b.get('name', '?')} {b.get('device', '?')} t{b.get('threads', '?')}"
 
 
-def _check_columns(df: pd.DataFrame, needed: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise PredictorError(f"{path}: missing column(s) {missing}; this file is not an hwnas profile table "
-                             f"(see docs/formats.md) - re-create it with `hwnas profile`")
-
-
-def _read_csv(path: Path, needed: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PredictorError(f"{path}: unreadable CSV ({e}); re-create it with `hwnas profile`") from None
-    _check_columns(df, needed, path)
-    return df
-
-
 def resolve_profile(path: str | os.PathLike) -> Path:
     """A profile folder as given, else the shipped profile of that name (``hwnas list profiles``)."""
-    try:
-        from latency.table import resolve
-    except ImportError:
-        return Path(path)
     return resolve(path)
 
 
 def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
-    """Load a profile folder (``profile.json``, ``ops.csv``, ``e2e.csv``).
+    """Load a profile folder (``profile.json``, ``ops.csv``, ``e2e.csv``), validated by the profiler's loader.
 
     Args:
-        path: the profile folder.
+        path: the profile folder (or a shipped profile's name).
         need_ops: raise when ``ops.csv`` is missing (an e2e-only folder is enough for few-shot transfer).
     Returns:
         The profile's metadata and tables.
@@ -108,33 +85,15 @@ def read_profile(path: str | os.PathLike, need_ops: bool = True) -> ProfileData:
         raise PredictorError(f"{p}: not a profile folder (no profile.json); create one with "
                              f"`hwnas profile --out {p}` or pick one from `hwnas list profiles`")
     try:
-        from latency.table import load_profile  # the profiler's loader, when present
-    except ImportError:
-        load_profile = None
-    if load_profile is not None:
-        try:
-            prof = load_profile(p)
-        except HwnasError as e:
-            raise PredictorError(str(e)) from None
-        ops, e2e = getattr(prof, "ops", None), getattr(prof, "e2e", None)
-        if ops is not None and ops.empty and not (p / "ops.csv").is_file():
-            ops = None
-        meta = prof.meta
-    else:
-        try:
-            meta = json.loads((p / "profile.json").read_text())
-        except json.JSONDecodeError as e:
-            raise PredictorError(f"{p}/profile.json: not valid JSON ({e.msg}); re-create it with `hwnas profile`") from None
-        ops = _read_csv(p / "ops.csv", OPS_COLUMNS) if (p / "ops.csv").is_file() else None
-        e2e = _read_csv(p / "e2e.csv", E2E_COLUMNS) if (p / "e2e.csv").is_file() else None
-    if ops is not None:
-        _check_columns(ops, OPS_COLUMNS, p / "ops.csv")
-    if e2e is not None:
-        _check_columns(e2e, E2E_COLUMNS, p / "e2e.csv")
+        prof = load_profile(p)
+    except HwnasError as e:
+        raise PredictorError(str(e)) from None
+    ops = None if prof.ops.empty and not (p / "ops.csv").is_file() else prof.ops
+    e2e = prof.e2e
     if need_ops and (ops is None or ops.empty):
         raise PredictorError(f"{p}: no op table (ops.csv); run `hwnas profile --out {p}`, or fit a few-shot "
                              f"predictor with `hwnas fit {p} --from OTHER_PROFILE --e2e-only`")
-    return ProfileData(p, meta, ops, e2e)
+    return ProfileData(p, prof.meta, ops, e2e)
 
 
 def data_hash(folder: str | os.PathLike) -> str:
@@ -150,11 +109,4 @@ def data_hash(folder: str | os.PathLike) -> str:
 
 def profile_hash(meta: dict[str, Any]) -> str:
     """A short stable id of the device, backend and protocol a profile was measured with."""
-    try:
-        from latency.table import fingerprint_hash
-
-        return fingerprint_hash(meta)
-    except ImportError:
-        pass
-    keep = {k: meta.get(k) for k in ("device", "backend", "protocol")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint_hash(meta)
