@@ -44,11 +44,13 @@ demo: venv
 	    print(sys.argv[2], \"in onnxruntime: logits\", sess.run([\"logits\"], {k: x[k].numpy() for k in names})[0].round(4))" \
 	    $(DEMO)/$$space.json $(DEMO)/$$space.onnx; \
 	done
-	# profile this CPU quickly (about a minute; a second run finds the folder complete), fit, predict, evaluate
+	# profile this CPU quickly (about a minute; a second run finds the folder complete), fit, predict (with the quick
+	# profile and with the shipped full profile of the development machine), measure, evaluate
 	$(BIN)/hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out $(DEMO)/profile --quick
 	$(BIN)/hwnas fit $(DEMO)/profile
 	for space in adabert nasbert; do \
 	  $(BIN)/hwnas predict $(DEMO)/profile $(DEMO)/$$space.json --batch 1 --seq-len 128; \
+	  $(BIN)/hwnas predict intel-xeon-2c_ort-1.31_t1 $(DEMO)/$$space.json --batch 1 --seq-len 128; \
 	  $(BIN)/hwnas measure $(DEMO)/$$space.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128; \
 	done
 	$(BIN)/hwnas evaluate-predictor $(DEMO)/profile --plot $(DEMO)/predictor.png

@@ -56,7 +56,7 @@ from nas.spaces.ops import Context, OpSpec, build_op, get_op
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 16
-QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 2
+QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
 
