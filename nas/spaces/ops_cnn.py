@@ -111,39 +111,35 @@ class Zero(nn.Module):
         return torch.zeros_like(x)  # (B, T, H); no arithmetic, so it costs what its FLOP count says: nothing
 
 
+class _FreeKind(OpKind):
+    """An op that does no arithmetic and holds no weights: it costs what its counts say, nothing."""
+
+    module: type[nn.Module] = Identity
+
+    def build(self, spec):
+        return self.module()
+
+    def params(self, spec):
+        return 0
+
+    def flops(self, spec, ctx):
+        return 0
+
+    def bytes(self, spec, ctx):
+        return 0
+
+
 @register_op
-class IdentityKind(OpKind):
+class IdentityKind(_FreeKind):
     """Skip connection (AdaBERT) / an empty layer (NAS-BERT)."""
 
     name = "identity"
-
-    def build(self, spec):
-        return Identity()
-
-    def params(self, spec):
-        return 0
-
-    def flops(self, spec, ctx):
-        return 0
-
-    def bytes(self, spec, ctx):
-        return 0
+    module = Identity
 
 
 @register_op
-class ZeroKind(OpKind):
+class ZeroKind(_FreeKind):
     """No connection (AdaBERT); costs nothing once derived away."""
 
     name = "zero"
-
-    def build(self, spec):
-        return Zero()
-
-    def params(self, spec):
-        return 0
-
-    def flops(self, spec, ctx):
-        return 0
-
-    def bytes(self, spec, ctx):
-        return 0
+    module = Zero
