@@ -115,7 +115,7 @@ def evaluate_cli(args) -> int:
         pts = test_points(pred, prof)
         points[label] = pts
         results[label] = evaluate(pred, prof, points=pts)
-    png = Path(args.plot) if args.plot else prof_dir / "predictor.png"
+    png = Path(args.plot) if args.plot else _default_plot(prof_dir)
     plot(points, png, title=f"{prof_dir.name}: predicted vs measured (held-out architectures)")
     obj = {"profile": str(prof_dir), "backend": prof.meta.get("backend", {}), "default_kind": DEFAULT_KIND,
            "plot": str(png), "results": results}
@@ -132,3 +132,12 @@ def evaluate_cli(args) -> int:
                     f"{_fmt(m.get('spearman_params')):>6s}")
     _emit(obj, args.json, "\n".join(lines))
     return 0
+
+
+def _default_plot(prof_dir: Path) -> Path:
+    """``PROFILE/predictor.png``, except for a shipped profile (package data): then ``./<name>_predictor.png``."""
+    from latency.table import shipped_root
+
+    if prof_dir.resolve().parent == shipped_root().resolve():
+        return Path.cwd() / f"{prof_dir.name}_predictor.png"
+    return prof_dir / "predictor.png"

@@ -221,7 +221,7 @@ def cmd_evaluate(args):
 
 cmd_evaluate.arguments(lambda p: (
     p.add_argument("profile"), p.add_argument("--kind", default=None, help="predictor kind (default: all)"),
-    p.add_argument("--plot", default=None, help="PNG of predicted vs measured (default PROFILE/predictor.png)"),
+    p.add_argument("--plot", default=None, help="PNG of predicted vs measured (default PROFILE/predictor.png; ./NAME_predictor.png for a shipped profile)"),
     _add_json(p)))
 
 

@@ -233,3 +233,12 @@ def test_predictor_older_than_the_tables_is_refused(synth_profile, tmp_path):
     e2e.iloc[:-1].to_csv(folder / "e2e.csv", index=False)  # the profile changed after the fit
     with pytest.raises(PredictorError, match="before .* tables last changed; refit"):
         load_predictor(folder)
+
+
+def test_evaluate_plot_never_lands_in_a_shipped_profile(tmp_path, monkeypatch):
+    from latency.predictor_cli import _default_plot
+    from latency.table import shipped_root
+
+    monkeypatch.chdir(tmp_path)
+    assert _default_plot(shipped_root() / "intel-xeon-2c_ort-1.31_t1") == tmp_path / "intel-xeon-2c_ort-1.31_t1_predictor.png"
+    assert _default_plot(tmp_path / "mine") == tmp_path / "mine" / "predictor.png"
