@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nas.errors import HwnasError
+from nas.registry import add_entry
 
 
 class BackendError(HwnasError, RuntimeError):
@@ -116,9 +117,7 @@ BACKEND_REGISTRY: dict[str, type[Backend]] = {}
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
     """Class decorator: add a backend under ``cls.name``."""
-    if not cls.name or cls.name in BACKEND_REGISTRY:
-        raise BackendError(f"backend {cls.name!r} is empty or registered twice")
-    BACKEND_REGISTRY[cls.name] = cls
+    add_entry(BACKEND_REGISTRY, cls.name, cls, BackendError, "backend")
     return cls
 
 

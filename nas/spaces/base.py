@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 from nas.errors import HwnasError
+from nas.registry import add_entry
 from nas.spaces.ops import Context, OpSpec, op_flops, op_params
 
 if TYPE_CHECKING:
@@ -168,9 +169,7 @@ SPACE_REGISTRY: dict[str, type[SearchSpace]] = {}
 
 def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:
     """Class decorator: add a search space under ``cls.name``."""
-    if not cls.name or cls.name in SPACE_REGISTRY:
-        raise SpaceError(f"space {cls.name!r} is empty or registered twice")
-    SPACE_REGISTRY[cls.name] = cls
+    add_entry(SPACE_REGISTRY, cls.name, cls, SpaceError, "space")
     return cls
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nas.errors import HwnasError
+from nas.registry import add_entry
 
 F32 = 4  # bytes per float32 element
 
@@ -153,9 +154,7 @@ OP_REGISTRY: dict[str, OpKind] = {}
 
 def register_op(cls: type[OpKind]) -> type[OpKind]:
     """Class decorator: add an op kind to the vocabulary under ``cls.name``."""
-    if not cls.name or cls.name in OP_REGISTRY:
-        raise OpError(f"op kind {cls.name!r} is empty or registered twice")
-    OP_REGISTRY[cls.name] = cls()
+    add_entry(OP_REGISTRY, cls.name, cls(), OpError, "op kind")
     return cls
 
 
