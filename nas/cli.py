@@ -52,6 +52,13 @@ def _add_ctx(p: argparse.ArgumentParser, batch: int = 1, seq_len: int = 128) -> 
     p.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per sequence (default {seq_len})")
 
 
+def _delegate(module: str, func: str, args: argparse.Namespace):
+    """Run ``module.func(args)``, importing the module only now (keeps ``hwnas --help`` instant)."""
+    import importlib
+
+    return getattr(importlib.import_module(module), func)(args)
+
+
 def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -147,9 +154,7 @@ cmd_export.arguments(lambda p: (
 @command("profile", "Time every candidate op (and whole sampled architectures) on this device into a profile folder.",
          "hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out profiles/mycpu --quick")
 def cmd_profile(args):
-    from latency.profiler import profile_cli
-
-    return profile_cli(args)
+    return _delegate("latency.profiler", "profile_cli", args)
 
 
 def _profile_args(p):
@@ -174,9 +179,7 @@ cmd_profile.arguments(_profile_args)
 @command("measure", "Time one architecture end to end (exported model, same protocol as the profiler).",
          "hwnas measure arch.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128 --json")
 def cmd_measure(args):
-    from latency.profiler import measure_cli
-
-    return measure_cli(args)
+    return _delegate("latency.profiler", "measure_cli", args)
 
 
 cmd_measure.arguments(lambda p: (
@@ -187,9 +190,7 @@ cmd_measure.arguments(lambda p: (
 @command("fit", "Fit a latency predictor from a profile folder (writes PROFILE/predictor.json).",
          "hwnas fit profiles/mycpu --kind lut+calibration")
 def cmd_fit(args):
-    from latency.predictor import fit_cli
-
-    return fit_cli(args)
+    return _delegate("latency.predictor", "fit_cli", args)
 
 
 cmd_fit.arguments(lambda p: (
@@ -203,9 +204,7 @@ cmd_fit.arguments(lambda p: (
 @command("predict", "Predict an architecture's latency on a profiled device.",
          "hwnas predict profiles/mycpu arch.json --batch 1 --seq-len 128 --json")
 def cmd_predict(args):
-    from latency.predictor import predict_cli
-
-    return predict_cli(args)
+    return _delegate("latency.predictor", "predict_cli", args)
 
 
 cmd_predict.arguments(lambda p: (p.add_argument("profile"), p.add_argument("arch"), _add_ctx(p), _add_json(p)))
@@ -214,9 +213,7 @@ cmd_predict.arguments(lambda p: (p.add_argument("profile"), p.add_argument("arch
 @command("evaluate-predictor", "Accuracy of a profile's predictor on held-out whole architectures.",
          "hwnas evaluate-predictor profiles/mycpu --json")
 def cmd_evaluate(args):
-    from latency.predictor import evaluate_cli
-
-    return evaluate_cli(args)
+    return _delegate("latency.predictor", "evaluate_cli", args)
 
 
 cmd_evaluate.arguments(lambda p: (
