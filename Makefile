@@ -1,6 +1,7 @@
 # The README's commands. Every target that runs code creates .venv first (once; re-done when setup.cfg changes).
 #   make demo   sample, inspect, export and run an architecture of each space; profile this CPU (--quick), fit a
-#               predictor, predict and measure the samples, evaluate the predictor
+#               predictor, predict and measure the samples, evaluate the predictor; AdaBERT teacher + search on
+#               the bundled sample
 #   make test   lint, then the whole test suite
 #   make lint   ruff only
 SHELL := /bin/bash
@@ -10,16 +11,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hwnas-installed
 TORCH := torch==2.13.0
+# the onnxruntime the shipped profiles were measured with: a profile is this machine's only with the same version
+ORT := onnxruntime==1.31.1
 DEMO := runs/demo
 
 .PHONY: venv test lint demo
 
 venv: $(STAMP)
 
-# torch first, pinned (a CPU wheel), so that the editable install does not pull another build of it
+# torch first, pinned (a CPU wheel), so that the editable install does not pull another build of it; onnxruntime
+# pinned to the shipped profiles' version so that they match this machine's fingerprint
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(TORCH) $(ORT)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -54,4 +58,10 @@ demo: venv
 	  $(BIN)/hwnas measure $(DEMO)/$$space.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128; \
 	done
 	$(BIN)/hwnas evaluate-predictor $(DEMO)/profile --plot $(DEMO)/predictor.png
-	# ---- later demo steps go below this line (hwnas search ...) ----
+	# AdaBERT on the bundled BBC News sample (5 topics, no network, no ../shared): a teacher with probes and cache,
+	# then search, derive, retrain, export and measure a student under a budget 40% of the way from this CPU's
+	# fastest to its slowest architecture (quick profile above)
+	$(BIN)/hwnas teacher --task demo --out $(DEMO)/teacher --epochs 2 --max-len 64
+	$(BIN)/hwnas search adabert --task demo --teacher $(DEMO)/teacher --profile $(DEMO)/profile --budget-frac 0.4 \
+	  --epochs 4 --retrain-epochs 6 --max-len 64 --out $(DEMO)/adabert
+	# ---- later demo steps go below this line ----

@@ -217,20 +217,30 @@ def _add_linear(task_loss, e, budget, weight, beta):
     return task_loss + weight * (e - budget) / budget
 
 
+WINDOW_LO = 0.9  # lower edge of the "window" penalty, as a fraction of the budget
+
+
+def _window(task_loss, e, budget, weight, beta):
+    # a budget is a target as much as a cap: the most accurate model under it uses it, so push from both sides
+    return task_loss + weight * (torch.relu(e / budget - 1.0) + torch.relu(WINDOW_LO - e / budget))
+
+
 PENALTIES: dict[str, tuple[Callable, float, str]] = {
     "hinge": (_hinge, 1.0, "task + weight * max(0, E/budget - 1)"),
     "mul#log": (_mul_log, 1.0, "weight * task * (log E / log budget)^beta  (ProxylessNAS; logs of microseconds)"),
     "add#linear": (_add_linear, 0.2, "task + weight * (E - budget) / budget  (ProxylessNAS additive)"),
+    "window": (_window, 1.0, "task + weight * (max(0, E/budget - 1) + max(0, 0.9 - E/budget))  (two-sided hinge)"),
 }
 PENALTIES["linear"] = PENALTIES["add#linear"]
 
 
 @dataclass
 class BudgetPenalty:
-    """A latency-budget loss, selected by name: ``hinge``, ``mul#log`` or ``add#linear`` (alias ``linear``).
+    """A latency-budget loss, selected by name: ``hinge``, ``mul#log``, ``add#linear`` (alias ``linear``) or
+    ``window`` (a two-sided hinge that also pushes up to 0.9 x budget).
 
     ``penalty(task_loss, expected_ms)`` returns the combined loss; ``weight`` defaults per penalty
-    (1.0, 1.0, 0.2) and ``beta`` is the exponent of ``mul#log``.
+    (1.0, 1.0, 0.2, 1.0) and ``beta`` is the exponent of ``mul#log``.
 
     >>> import torch
     >>> p = BudgetPenalty("mul#log", budget_ms=10.0, beta=0.6)

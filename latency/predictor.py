@@ -333,7 +333,5 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
     return pred
 
 
-from latency.predictor_cli import evaluate_cli, fit_cli, predict_cli  # noqa: E402  (CLI entry points)
-
 __all__ = ["Predictor", "OpPredictor", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS",
-           "DEFAULT_KIND", "fit_cli", "predict_cli", "evaluate_cli"]
+           "DEFAULT_KIND"]

@@ -348,17 +348,3 @@ def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session:
         "peak_gflops": roof["peak_gflops"], "bandwidth_gbs": roof["bandwidth_gbs"],
         "roofline": roof.get("summary", {}),
     }
-
-
-def profile_cli(args) -> int:
-    """``hwnas profile`` (see :mod:`latency.profile_cli`)."""
-    from latency.profile_cli import profile_main
-
-    return profile_main(args)
-
-
-def measure_cli(args) -> int:
-    """``hwnas measure`` (see :mod:`latency.profile_cli`)."""
-    from latency.profile_cli import measure_main
-
-    return measure_main(args)

@@ -154,7 +154,7 @@ cmd_export.arguments(lambda p: (
 @command("profile", "Time every candidate op (and whole sampled architectures) on this device into a profile folder.",
          "hwnas profile --backend onnxruntime --threads 1 --space adabert,nasbert --out profiles/mycpu --quick")
 def cmd_profile(args):
-    return _delegate("latency.profiler", "profile_cli", args)
+    return _delegate("latency.profile_cli", "profile_main", args)
 
 
 def _profile_args(p):
@@ -179,7 +179,7 @@ cmd_profile.arguments(_profile_args)
 @command("measure", "Time one architecture end to end (exported model, same protocol as the profiler).",
          "hwnas measure arch.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128 --json")
 def cmd_measure(args):
-    return _delegate("latency.profiler", "measure_cli", args)
+    return _delegate("latency.profile_cli", "measure_main", args)
 
 
 cmd_measure.arguments(lambda p: (
@@ -190,7 +190,7 @@ cmd_measure.arguments(lambda p: (
 @command("fit", "Fit a latency predictor from a profile folder (writes PROFILE/predictor.json).",
          "hwnas fit profiles/mycpu --kind lut+calibration")
 def cmd_fit(args):
-    return _delegate("latency.predictor", "fit_cli", args)
+    return _delegate("latency.predictor_cli", "fit_cli", args)
 
 
 cmd_fit.arguments(lambda p: (
@@ -204,7 +204,7 @@ cmd_fit.arguments(lambda p: (
 @command("predict", "Predict an architecture's latency on a profiled device.",
          "hwnas predict profiles/mycpu arch.json --batch 1 --seq-len 128 --json")
 def cmd_predict(args):
-    return _delegate("latency.predictor", "predict_cli", args)
+    return _delegate("latency.predictor_cli", "predict_cli", args)
 
 
 cmd_predict.arguments(lambda p: (p.add_argument("profile"), p.add_argument("arch"), _add_ctx(p), _add_json(p)))
@@ -213,13 +213,33 @@ cmd_predict.arguments(lambda p: (p.add_argument("profile"), p.add_argument("arch
 @command("evaluate-predictor", "Accuracy of a profile's predictor on held-out whole architectures.",
          "hwnas evaluate-predictor profiles/mycpu --json")
 def cmd_evaluate(args):
-    return _delegate("latency.predictor", "evaluate_cli", args)
+    return _delegate("latency.predictor_cli", "evaluate_cli", args)
 
 
 cmd_evaluate.arguments(lambda p: (
     p.add_argument("profile"), p.add_argument("--kind", default=None, help="predictor kind (default: all)"),
     p.add_argument("--plot", default=None, help="PNG of predicted vs measured (default PROFILE/predictor.png; ./NAME_predictor.png for a shipped profile)"),
     _add_json(p)))
+
+
+# --------------------------------------------------------------------------------------------- engines
+@command("teacher", "Fine-tune a teacher on a task, train one probe per layer, cache what search needs from it.",
+         "hwnas teacher --task sst2 --data-dir ../shared/data/glue --out runs/sst2_teacher")
+def cmd_teacher(args):
+    return _delegate("nas.engine_cli", "teacher_main", args)
+
+
+cmd_teacher.arguments(lambda p: _delegate("nas.engine_cli", "teacher_args", p))
+
+
+@command("search", "Search, retrain, export and measure a student for a task under a device latency budget.",
+         "hwnas search adabert --task sst2 --data-dir ../shared/data/glue --teacher runs/sst2_teacher "
+         "--profile intel-xeon-2c_ort-1.31_t1 --budget-ms 3 --out runs/sst2_3ms")
+def cmd_search(args):
+    return _delegate("nas.engine_cli", "search_main", args)
+
+
+cmd_search.arguments(lambda p: _delegate("nas.engine_cli", "search_args", p))
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -119,6 +119,17 @@ class Cell(nn.Module):
         return torch.stack(nodes, 0).mean(0)  # (B, T, H)
 
 
+def cell_inputs(embedding: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None, pair: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first cell's two inputs: sentence A and sentence B embedded (the same sentence twice if not a pair)."""
+    types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+    e = embedding(input_ids, types)  # (B, T, H)
+    if not pair:
+        return e, e
+    b_mask = types.to(torch.float32).unsqueeze(-1) * mask.unsqueeze(-1)  # (B, T, 1)
+    return e * (mask.unsqueeze(-1) - b_mask), e * b_mask
+
+
 class AdaBertModel(nn.Module):
     """Embedding -> K cells -> masked-mean head. ``forward(input_ids, attention_mask, token_type_ids=None)``."""
 
@@ -132,13 +143,7 @@ class AdaBertModel(nn.Module):
     def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
         """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
         mask = attention_mask.to(torch.float32)  # (B, T)
-        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-        e = self.embedding(input_ids, types)  # (B, T, H)
-        if self.pair:
-            b_mask = types.to(torch.float32).unsqueeze(-1) * mask.unsqueeze(-1)  # (B, T, 1)
-            s0, s1 = e * (mask.unsqueeze(-1) - b_mask), e * b_mask
-        else:
-            s0 = s1 = e
+        s0, s1 = cell_inputs(self.embedding, input_ids, mask, token_type_ids, self.pair)
         outs = [s0]
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, mask)
@@ -149,4 +154,5 @@ class AdaBertModel(nn.Module):
         return self.head(self.features(input_ids, attention_mask, token_type_ids)[-1], attention_mask.float())
 
 
-__all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "edge_names", "get_space"]
+__all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "NODES", "edge_names", "cell_inputs",
+           "get_space"]

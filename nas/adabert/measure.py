@@ -1,0 +1,122 @@
+"""Measured figures of a run: the student, its teacher and BERT-base, timed on this machine the profile's way.
+
+The three models are exported and run with the profile's backend, threads and protocol; their visits are taken
+in shuffled rounds (every round visits each model once, in its own seeded order), and each model's latency is
+the median of its visits' medians, as the profiler does for whole models. BERT-base is ``BertConfig()`` with
+random weights (latency does not depend on the values). When this machine is not the profile's device (its
+fingerprint or backend differs), the figures are still taken but the report says so and claims nothing about
+the budget.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class _Logits(nn.Module):
+    """A transformers sequence classifier as ``(input_ids, attention_mask, token_type_ids) -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def bert_base(num_labels: int = 2) -> nn.Module:
+    """BERT-base (``BertConfig()``: 12 layers, hidden 768) with random weights, eager attention, eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(num_labels=num_labels)
+    cfg._attn_implementation = "eager"
+    return BertForSequenceClassification(cfg).eval()
+
+
+def measure_in_rounds(backend, entries: dict[str, object], protocol, seed: int = 0) -> dict[str, dict]:
+    """Time prepared runnables in ``protocol.visits`` shuffled rounds; per entry the combined visit statistics."""
+    from latency.measure import measure_runnable
+    from latency.stats import combine_visits, summarize
+
+    rng = random.Random(seed)
+    visits: dict[str, list] = {k: [] for k in entries}
+    for _ in range(protocol.visits):
+        order = list(entries)
+        rng.shuffle(order)
+        for name in order:
+            samples, reason = measure_runnable(backend, entries[name], protocol, protocol.e2e_time_cap_s)
+            visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason})
+    return {k: combine_visits(v) for k, v in visits.items()}
+
+
+def same_device(prof, backend) -> list[str]:
+    """Differences between the profile's device/backend and this machine's (empty: same device)."""
+    from latency.device import fingerprint
+    from latency.table import compat_differences
+
+    here = {**prof.meta, "device": fingerprint(backend.threads), "backend": backend.info()}
+    return compat_differences(prof.meta, here)
+
+
+def measure_report(out: Path, prof, ctx, teacher_dir, pair: bool) -> dict:
+    """Measure the run's student, its teacher and BERT-base; the report's measured fields."""
+    from transformers import AutoModelForSequenceClassification
+
+    from latency.backends.base import get_backend
+    from latency.measure import EXPORT_CTX, token_inputs
+    from latency.stats import Protocol
+    from nas.arch import Architecture
+
+    arch = Architecture.load(out / "arch.json")
+    backend_meta = prof.meta.get("backend", {})
+    protocol = Protocol.from_dict(prof.meta["protocol"])
+    space = arch.get_space()
+    be = get_backend(backend_meta.get("name", "onnxruntime"), threads=int(backend_meta.get("threads", 1)),
+                     device=backend_meta.get("device", "cpu"))
+    try:
+        diffs = same_device(prof, be)
+        inputs = token_inputs(space, ctx)
+        hf_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
+                     "token_type_ids": torch.zeros_like(inputs["input_ids"])}
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
+        labels = json.loads((out / "model" / "config.json").read_text())["num_labels"]
+        entries = {"student": be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=labels),
+                   "teacher": be.prepare(_Logits(teacher), hf_inputs),
+                   "bert_base": be.prepare(_Logits(bert_base()), hf_inputs)}
+        be.bind(entries["student"], inputs)
+        stats = measure_in_rounds(be, entries, protocol)
+        for r in entries.values():
+            r.release()
+    finally:
+        be.close()
+    ms = {k: v["latency_p50_ms"] for k, v in stats.items()}
+    budget = _budget(out)
+    here = not diffs
+    return {
+        "measured_latency_ms": ms["student"], "teacher_latency_ms": ms["teacher"], "bert_base_latency_ms": ms["bert_base"],
+        "measured_p10_ms": stats["student"]["latency_p10_ms"], "measured_p90_ms": stats["student"]["latency_p90_ms"],
+        "speedup_vs_teacher": ms["teacher"] / ms["student"], "speedup_vs_bert_base": ms["bert_base"] / ms["student"],
+        "budget_met": (ms["student"] <= budget) if (here and budget is not None) else None,
+        "budget_ratio": (ms["student"] / budget) if budget else None,
+        "measured_on_profile_device": here,
+        "measure_note": ("measured on the profile's device with its backend, threads and protocol" if here else
+                         "this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are "
+                         "this machine's, and the budget is neither claimed met nor missed"),
+        "measure_protocol": f"{backend_meta.get('name')} {be.version}, {be.threads} thread(s), {protocol.visits} "
+                            "visits in shuffled rounds, median of visit medians",
+    }
+
+
+def _budget(out: Path) -> float | None:
+    return json.loads((out / "config.json").read_text()).get("budget_ms")
+
+
+__all__ = ["measure_report", "measure_in_rounds", "bert_base", "same_device"]
