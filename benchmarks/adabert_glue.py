@@ -65,7 +65,7 @@ def measure_bert(prof, ctx: Context, work: Path) -> dict:
     from latency.stats import Protocol
     from nas.adabert.measure import _Logits, bert_base, measure_in_rounds, same_device
 
-    f = work / "bert_base.json"
+    f = work.parent / f"bert_base_{prof.name}_b{ctx.batch}_s{ctx.seq_len}.json"  # shared by the tasks
     if f.is_file():
         return load(f)
     b = prof.meta["backend"]

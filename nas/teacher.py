@@ -167,7 +167,7 @@ def _finetune(model, enc_train, cfg: TeacherConfig, ckpt: Checkpoint, progress: 
             opt.step()
             sched.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
             if step >= total:

@@ -149,3 +149,59 @@ def test_console_script_error_and_import_cost(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys, nas.cli; print('torch' in sys.modules)"],
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
+
+
+# ------------------------------------------------------------------------------------------ training verbs
+PROFILE = "intel-xeon-2c_ort-1.31_t1"
+
+
+def fake_teacher(folder: Path, num_labels: int = 5) -> Path:
+    """The least ``load_teacher`` accepts (teacher.json and a cache): enough for the checks made before training."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    info = {"format": "hwnas.teacher/1", "num_labels": num_labels, "pair": False, "layers": 1}
+    (folder / "teacher.json").write_text(json.dumps(info))
+    save_file({"keys": torch.zeros(1, dtype=torch.int64), "logits": torch.zeros(1, num_labels),
+               "probe_logits": torch.zeros(1, 2, num_labels)}, str(folder / "cache.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("verb", ["teacher", "search"])
+def test_training_verbs_help_shows_an_example(capsys, verb):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "example:" in out and f"hwnas {verb} " in out.split("example:")[1]
+    assert "--out" in out and "--task" in out and "--train-limit" in out
+
+
+def test_teacher_bad_data_gives_one_line(capsys, tmp_path):
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    dev.write_text("text,label\ngood,pos\nbad,neg\n")
+    argv = ["teacher", "--train", train, "--dev", dev, "--label-column", "label", "--out", tmp_path / "t"]
+    assert_one_line_error(*run(capsys, *argv, "--text-column", "text")[::2], f"--train {train}", "does not exist")
+    train.write_text("text,label\nfine,pos\nawful,neg\n")
+    assert_one_line_error(*run(capsys, *argv, "--text-column", "review")[::2], str(train), "no column 'review'",
+                          "text, label")
+    assert not (tmp_path / "t").exists()
+
+
+def test_search_without_a_teacher_gives_one_line(capsys, tmp_path):
+    rc, _, err = run(capsys, "search", "adabert", "--task", "demo", "--train-limit", "8", "--teacher",
+                     tmp_path / "none", "--profile", PROFILE, "--budget-ms", "2", "--out", tmp_path / "r")
+    assert_one_line_error(rc, err, f"{tmp_path / 'none'}: no such teacher folder", "hwnas teacher --out")
+    assert not (tmp_path / "r").exists()
+
+
+def test_search_with_an_infeasible_budget_gives_one_line(tmp_path):
+    teacher = fake_teacher(tmp_path / "teacher")
+    r = subprocess.run([str(HWNAS), "search", "adabert", "--task", "demo", "--train-limit", "8", "--teacher",
+                        str(teacher), "--profile", PROFILE, "--budget-ms", "0.01", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout == ""
+    assert_one_line_error(r.returncode, r.stderr, "budget 0.01 ms is below the fastest adabert/small",
+                          "raise --budget-ms to at least")
+    assert not (tmp_path / "r").exists()

@@ -203,8 +203,9 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
 
         report.update(measure_report(out, prof, ctx, teacher_dir, task.pair))
     elif "measured_latency_ms" not in report:
-        report.update({"measured_latency_ms": None, "budget_met": None,
-                       "measure_note": "not measured yet: run `hwnas search adabert` again without --no-measure"})
+        report.update(dict.fromkeys(("measured_latency_ms", "teacher_latency_ms", "bert_base_latency_ms",
+                                     "speedup_vs_teacher", "speedup_vs_bert_base", "budget_met", "budget_ratio")))
+        report["measure_note"] = "not measured yet: run `hwnas search adabert` again without --no-measure"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 

@@ -128,10 +128,10 @@ def search(net: SuperNet, enc, targets: tuple[torch.Tensor, torch.Tensor], layer
                 with torch.no_grad():
                     probs = net.probabilities()
                 history.append({"epoch": epoch, "step": epoch * len(w_batches) + i, "tau": tau,
-                                "ce": float(ce), "kd": float(kd), "loss_w": float(loss_w), "loss_a": float(loss_a),
-                                "eff": float(loss_a - task_a), "expected_cost": float(e), "sampled_cells": k,
+                                "ce": ce.item(), "kd": kd.item(), "loss_w": loss_w.item(), "loss_a": loss_a.item(),
+                                "eff": (loss_a - task_a).item(), "expected_cost": e.item(), "sampled_cells": k,
                                 **op_distribution(net.space, probs), "epoch_end": bool(last)})
-                bar.set_postfix(ce=f"{float(ce):.3f}", cost=f"{float(e):.3g}", tau=f"{tau:.2f}")
+                bar.set_postfix(ce=f"{ce.item():.3f}", cost=f"{e.item():.3g}", tau=f"{tau:.2f}")
             if not last and ckpt.due():
                 save(epoch, i + 1)
         epoch, skip = epoch + 1, 0
@@ -190,7 +190,7 @@ def retrain(model: nn.Module, k: int, enc_train, enc_dev, targets: tuple[torch.T
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
             if ckpt.due():
                 save(epoch, i + 1)
@@ -210,7 +210,11 @@ def new_supernet(space, num_labels: int, pair: bool, teacher, seed: int) -> tupl
     seed_everything(seed)
     net = SuperNet(space, num_labels, pair)
     note = init_embedding(net.embedding, *teacher.embedding_tables())
-    return net, note
+    # the word table (vocab x dim, most of the student's weights) stays at the teacher's values during the search:
+    # it is not what the search chooses, and its dense Adam update would cost more than the cells; retraining
+    # trains it
+    net.embedding.word.weight.requires_grad_(False)
+    return net, note + "; word table frozen during the search"
 
 
 def new_student(space, arch, num_labels: int, pair: bool, teacher, seed: int) -> nn.Module:

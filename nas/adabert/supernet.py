@@ -89,7 +89,7 @@ class SuperNet(nn.Module):
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_logits.parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
+        return [p for p in self.parameters() if id(p) not in arch and p.requires_grad]
 
     def probabilities(self) -> dict[str, torch.Tensor]:
         """softmax(logits) per decision: the search distribution the expected cost is taken under."""

@@ -1,0 +1,285 @@
+"""nas.adabert.run end to end on a real (1-layer) teacher and the shipped profile: the run folder, the report, the
+budget window, refusals before any training, and a killed run that resumes to the uninterrupted result."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from latency.predictor import load_predictor
+from latency.profile_data import resolve_profile
+from nas.adabert.derive import derive, fit_to_budget
+from nas.adabert.run import RunError, run_adabert
+from nas.arch import Architecture
+from nas.configs import SearchConfig
+from nas.data import batches, encode, load_task
+from nas.spaces import Context, get_space
+
+pytestmark = pytest.mark.slow
+
+PROFILE = "intel-xeon-2c_ort-1.31_t1"
+BUDGET_MS = 2.0
+CFG = {"epochs": 1, "retrain_epochs": 1, "batch_size": 16, "max_len": 32, "log_every": 1}
+CTX = Context(1, 128)
+REPORT_FIELDS = ("teacher_accuracy", "student_accuracy", "params", "flops", "budget_ms", "predicted_latency_ms",
+                 "measured_latency_ms", "speedup_vs_teacher", "speedup_vs_bert_base", "budget_met", "search_minutes",
+                 "retrain_minutes")
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("adabert", "small")
+
+
+@pytest.fixture(scope="module")
+def lat_cost(space):
+    return load_predictor(resolve_profile(PROFILE)).cost_matrix(space, CTX)
+
+
+@pytest.fixture(scope="module")
+def run(demo_teacher, demo_small, tmp_path_factory):
+    """One search + retraining at 2 ms on the demo subset, not measured: (run folder, report)."""
+    out = tmp_path_factory.mktemp("run") / "two_ms"
+    report = run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, out, config=SearchConfig(**CFG),
+                         measure=False)
+    return out, report
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------- the run folder
+def test_run_folder_files(run, demo_teacher):
+    out, _ = run
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "arch.json", "arch_weights.json", "history.csv", "retrain.csv", "report.json", "model",
+            "model.onnx"} <= names
+    assert not names & {"search.pt", "retrain.pt"}  # checkpoints are removed once their stage is done
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= {p.name for p in (out / "model").iterdir()}
+    cfg = read_json(out / "config.json")
+    assert cfg["budget_ms"] == BUDGET_MS and cfg["preset"] == "small" and cfg["profile_name"] == PROFILE
+    assert cfg["search"] == dataclasses.asdict(SearchConfig(**CFG))
+    assert cfg["teacher"] == str(demo_teacher.path.resolve()) and (cfg["batch"], cfg["seq_len"]) == (1, 128)
+
+
+def test_history_csv(run, space):
+    out, _ = run
+    hist = pd.read_csv(out / "history.csv")
+    kinds = ["p_conv", "p_avgpool", "p_maxpool", "p_identity", "p_zero"]
+    for col in kinds + ["expected_cells", "expected_cost", "tau", "ce", "kd", "loss_w", "loss_a", "eff",
+                        "sampled_cells", "epoch", "step", "epoch_end"]:
+        assert col in hist.columns, col
+    steps = -(-(48 - round(48 * 0.1)) // 16)  # the architecture's 10 % held out, batches of 16
+    assert len(hist) == steps and list(hist["step"]) == list(range(steps))  # log_every=1: every step
+    assert list(hist["epoch_end"]) == [False] * (steps - 1) + [True]
+    assert np.allclose(hist[kinds].sum(axis=1), 1.0)
+    cfg = SearchConfig(**CFG)
+    assert np.allclose(hist["tau"], [cfg.tau(i / steps) for i in range(steps)])
+    assert hist["expected_cost"].gt(0).all() and hist["sampled_cells"].between(1, space.preset.max_cells).all()
+    retrain = pd.read_csv(out / "retrain.csv")
+    assert list(retrain.columns) == ["epoch", "train_loss", "dev_accuracy"] and len(retrain) == 1
+
+
+def test_arch_is_the_fitted_derivation_of_the_searched_weights(run, space, lat_cost):
+    out, report = run
+    probs = {k: torch.tensor(v) for k, v in read_json(out / "arch_weights.json")["probabilities"].items()}
+    assert set(probs) == {d.name for d in space.decisions()}
+    assert all(abs(float(p.sum()) - 1) < 1e-5 and p.shape == (len(space.decision(n).choices),)
+               for n, p in probs.items())
+    argmax = derive(space, probs)
+    assert report["argmax_arch"] == argmax.to_dict()
+    fitted, moves = fit_to_budget(space, probs, argmax, lat_cost, 0.935 * BUDGET_MS, 0.985 * BUDGET_MS)
+    arch = Architecture.load(out / "arch.json")
+    assert arch == fitted and report["budget_moves"] == moves
+    assert report["predicted_latency_ms"] == pytest.approx(lat_cost.value(space.indices(arch)))
+    assert 0.935 * BUDGET_MS <= report["predicted_latency_ms"] <= 0.985 * BUDGET_MS
+
+
+def test_report_fields(run, demo_teacher, demo_small, space):
+    out, report = run
+    assert read_json(out / "report.json") == json.loads(json.dumps(report, default=str))
+    for key in set(REPORT_FIELDS) - {"speedup_vs_teacher", "speedup_vs_bert_base"}:
+        assert key in report, key
+    assert report["teacher_accuracy"] == demo_teacher.info["teacher_accuracy"]
+    assert 0.0 <= report["student_accuracy"] <= 1.0
+    arch = Architecture.load(out / "arch.json")
+    assert report["params"] == space.params(arch, 5) and report["flops"] == space.flops(arch, CTX, 5) > 0
+    assert report["budget_ms"] == BUDGET_MS and report["efficiency"] == "latency" and report["preset"] == "small"
+    assert report["measured_latency_ms"] is None and report["budget_met"] is None and "not measured" in \
+        report["measure_note"]
+    assert report["search_minutes"] > 0 and report["retrain_minutes"] > 0
+    assert report["fastest_ms"] <= report["predicted_latency_ms"] <= report["slowest_ms"]
+    assert (report["train_examples"], report["dev_examples"]) == (len(demo_small.train), len(demo_small.dev))
+
+
+def test_unmeasured_report_has_every_field(run):
+    _, report = run
+    assert all(key in report for key in REPORT_FIELDS)
+    assert report["speedup_vs_teacher"] is None and report["speedup_vs_bert_base"] is None
+
+
+def test_saved_model_and_onnx_agree_and_give_the_reported_accuracy(run, demo_small):
+    from transformers import AutoTokenizer
+
+    from nas.export import ort_session
+    from nas.modeling import load_pretrained
+    from nas.train import accuracy, predict_logits
+
+    out, report = run
+    model, arch, config = load_pretrained(out / "model")
+    assert arch == Architecture.load(out / "arch.json") and config.num_labels == 5 and config.pair is False
+    assert config.card["budget_ms"] == BUDGET_MS and config.card["dev_accuracy"] == report["student_accuracy"]
+    enc = encode(AutoTokenizer.from_pretrained(out / "model"), demo_small.dev, max_len=32)
+    logits, labels = predict_logits(model, batches(enc, 128))
+    assert accuracy(logits, labels) == report["student_accuracy"]  # the saved model is the one that was scored
+    sess = ort_session(out / "model.onnx")
+    names = [i.name for i in sess.get_inputs()]
+    assert names == ["input_ids", "attention_mask"]
+    b = next(batches(enc, 16))
+    got = sess.run(None, {n: b[n].numpy() for n in names})[0]
+    with torch.no_grad():
+        want = model(b["input_ids"], b["attention_mask"]).numpy()
+    assert np.abs(got - want).max() < 1e-4 and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+# ------------------------------------------------------------------------------------------------- refusals
+def test_infeasible_budget_is_refused_before_training(demo_teacher, demo_small, lat_cost, tmp_path):
+    (fastest, _), _ = lat_cost.extremes()
+    assert 0.01 < fastest
+    with pytest.raises(RunError, match=rf"below the fastest adabert/small .*raise --budget-ms to at least "
+                                       rf"{re.escape(f'{fastest:.3f}')}"):
+        run_adabert(demo_small, demo_teacher.path, PROFILE, 0.01, tmp_path / "r", config=SearchConfig(**CFG),
+                    measure=False)
+    with pytest.raises(RunError, match="must be positive"):
+        run_adabert(demo_small, demo_teacher.path, PROFILE, -1.0, tmp_path / "r", config=SearchConfig(**CFG))
+    with pytest.raises(RunError, match="--budget-ms is required"):
+        run_adabert(demo_small, demo_teacher.path, PROFILE, None, tmp_path / "r", config=SearchConfig(**CFG))
+    assert not (tmp_path / "r").exists()
+
+
+def test_teacher_of_another_task_is_refused(demo_teacher, tmp_path):
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.csv").write_text("text,label\ngood film,pos\nbad film,neg\nfine film,pos\n")
+    task = load_task(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "dev.csv"), text_column="text",
+                     label_column="label")
+    with pytest.raises(RunError, match="trained for 5 labels .*the task has 2 .*build a teacher on this task"):
+        run_adabert(task, demo_teacher.path, PROFILE, BUDGET_MS, tmp_path / "r", config=SearchConfig(**CFG))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_of_another_run_is_refused(run, demo_teacher, demo_small, tmp_path):
+    out, _ = run
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(RunError, match=r"holds another run \(different budget_ms\); choose another --out"):
+        run_adabert(demo_small, demo_teacher.path, PROFILE, 2.5, out, config=SearchConfig(**CFG), measure=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="not an hwnas run folder"):
+        run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, tmp_path / "busy", config=SearchConfig(**CFG))
+
+
+def test_flops_efficiency_with_a_cost_budget(demo_teacher, space, tmp_path, capsys):
+    from latency.loss import build_cost_model
+    from nas.cli import main
+    from nas.spaces.ops import op_flops
+
+    flops = build_cost_model(space, lambda s: op_flops(s, CTX), 5, unit="flops")
+    (lo, _), (hi, _) = flops.extremes()
+    budget = lo + 0.2 * (hi - lo)
+    out = tmp_path / "flops"
+    rc = main(["search", "adabert", "--task", "demo", "--train-limit", "48", "--dev-limit", "40", "--teacher",
+               str(demo_teacher.path), "--profile", PROFILE, "--efficiency", "flops", "--budget-cost", str(budget),
+               "--out", str(out), "--epochs", "1", "--retrain-epochs", "1", "--batch-size", "16", "--max-len", "32",
+               "--no-measure", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["efficiency"] == "flops" and report["budget_ms"] is None and report["budget_cost"] == budget
+    assert 0.935 * budget <= report["flops"] <= 0.985 * budget  # the fit works in the search's own unit
+    assert report["predicted_latency_ms"] > 0 and (out / "model.onnx").is_file()
+    assert pd.read_csv(out / "history.csv")["expected_cost"].between(lo, hi).all()
+
+
+def test_measure_adds_the_measured_fields_on_resume(run, demo_teacher, demo_small, tmp_path):
+    out, first = run
+    copy = tmp_path / "measured"
+    shutil.copytree(out, copy)
+    report = run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, copy, config=SearchConfig(**CFG),
+                         measure=True)
+    for key in REPORT_FIELDS:
+        assert key in report, key
+    assert report["student_accuracy"] == first["student_accuracy"]  # the stages done are not redone
+    assert report["measured_latency_ms"] > 0 and report["teacher_latency_ms"] > 0 and report["bert_base_latency_ms"] > 0
+    assert report["speedup_vs_teacher"] == pytest.approx(report["teacher_latency_ms"] / report["measured_latency_ms"])
+    assert report["speedup_vs_bert_base"] == pytest.approx(report["bert_base_latency_ms"] / report["measured_latency_ms"])
+    assert report["measured_p10_ms"] <= report["measured_latency_ms"] <= report["measured_p90_ms"]
+    if report["measured_on_profile_device"]:
+        assert report["budget_met"] == (report["measured_latency_ms"] <= BUDGET_MS)
+    else:
+        assert report["budget_met"] is None and "not the profile's device" in report["measure_note"]
+    assert read_json(copy / "report.json")["measured_latency_ms"] == report["measured_latency_ms"]
+
+
+# --------------------------------------------------------------------------------------------------- resume
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs side by side on two cores, one thread each
+
+
+def _search_cmd(teacher: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "nas.cli", "search", "adabert", "--task", "demo", "--train-limit", "48",
+            "--dev-limit", "40", "--teacher", str(teacher), "--profile", PROFILE, "--budget-ms", str(BUDGET_MS),
+            "--out", str(out), "--epochs", "5", "--retrain-epochs", "1", "--batch-size", "8", "--max-len", "32",
+            "--no-measure", "--json"]
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent, env=ENV)
+
+
+def test_a_killed_search_resumes_to_the_uninterrupted_result(demo_teacher, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    reference = _start(_search_cmd(demo_teacher.path, whole), tmp_path / "whole.log")
+    victim = _start(_search_cmd(demo_teacher.path, killed), tmp_path / "killed.log")
+    deadline = time.monotonic() + 300
+    while not (killed / "search.pt").exists():  # written at the end of search epoch 1 (of 5)
+        assert victim.poll() is None, "the run ended before its first checkpoint: " + (tmp_path / "killed.log").read_text()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(60) == -signal.SIGKILL
+    assert not (killed / "arch_weights.json").exists(), "killed too late: the search had finished"
+    state = torch.load(killed / "search.pt", weights_only=True)
+    assert state["epoch"] >= 1 and state["history"]
+
+    resumed = subprocess.run(_search_cmd(demo_teacher.path, killed), capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert reference.wait(300) == 0, (tmp_path / "whole.log").read_text()
+
+    a, b = read_json(killed / "arch_weights.json"), read_json(whole / "arch_weights.json")
+    assert set(a["probabilities"]) == set(b["probabilities"])
+    for name in a["probabilities"]:
+        assert np.allclose(a["probabilities"][name], b["probabilities"][name], rtol=0, atol=1e-6), name
+    assert read_json(killed / "arch.json") == read_json(whole / "arch.json")
+    ra, rb = read_json(killed / "report.json"), read_json(whole / "report.json")
+    assert ra["student_accuracy"] == rb["student_accuracy"] and ra["predicted_latency_ms"] == rb["predicted_latency_ms"]
+    assert json.loads(resumed.stdout)["student_accuracy"] == ra["student_accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "history.csv"), pd.read_csv(whole / "history.csv"),
+                                  check_exact=False, rtol=1e-6)
+    pd.testing.assert_frame_equal(pd.read_csv(killed / "retrain.csv"), pd.read_csv(whole / "retrain.csv"),
+                                  check_exact=False, rtol=1e-6)
+    assert not (killed / "search.pt").exists() and not (killed / "retrain.pt").exists()
