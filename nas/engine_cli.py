@@ -141,6 +141,20 @@ def budget_from_fraction(profile: str, preset: str | None, ctx, frac: float) -> 
     return lo + frac * (hi - lo)
 
 
+def _op_lines(r: dict) -> list[str]:
+    """The search's op distribution at its first and last epoch (a collapse to free ops shows here)."""
+    rows = r.get("op_distribution_per_epoch") or []
+    if not rows:
+        return []
+
+    def show(row):
+        return ", ".join(f"{k[2:]} {v:.2f}" for k, v in row.items() if k.startswith("p_"))
+
+    return [f"  op mix (mean probability over edges): epoch {rows[0]['epoch']}: {show(rows[0])}",
+            f"                                        epoch {rows[-1]['epoch']}: {show(rows[-1])}; "
+            f"expected K {rows[-1]['expected_cells']:.2f}"]
+
+
 def _fmt(v, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -153,10 +167,11 @@ def format_report(r: dict, out: str) -> str:
         f"  size: {r['params'] / 1e6:.2f}M params, {r['flops'] / 1e6:.1f} MFLOPs",
         f"  latency: budget {_fmt(r['budget_ms'], '.3f')} ms, predicted {r['predicted_latency_ms']:.3f} ms, "
         f"measured {_fmt(r.get('measured_latency_ms'), '.3f')} ms",
-        f"  speed-up: {_fmt(r.get('speedup_vs_teacher'), '.1f')}x vs the teacher, "
-        f"{_fmt(r.get('speedup_vs_bert_base'), '.1f')}x vs BERT-base",
+        f"  speed-up: {_fmt(r.get('speedup_vs_teacher'), '.1f')} x vs the teacher, "
+        f"{_fmt(r.get('speedup_vs_bert_base'), '.1f')} x vs BERT-base",
         f"  budget met: {r.get('budget_met')}  ({r.get('measure_note', '')})",
         f"  minutes: search {r['search_minutes']:.1f}, retrain {r['retrain_minutes']:.1f}",
+        *_op_lines(r),
         f"  files: {out}/arch.json, {out}/model/, {out}/model.onnx, {out}/history.csv, {out}/report.json",
     ]
     return "\n".join(lines)

@@ -165,4 +165,17 @@ def load_pretrained(model_dir: str | os.PathLike) -> tuple[nn.Module, Architectu
     return model, arch, config
 
 
-__all__ = ["ModelConfig", "ModelError", "save_pretrained", "load_pretrained", "load_config", "model_card"]
+def update_card(model_dir: str | os.PathLike, fields: dict[str, Any]) -> None:
+    """Add or replace model-card fields (e.g. a measured latency) in a saved folder's config.json and README.md."""
+    from safetensors.torch import load_file
+
+    folder = Path(model_dir)
+    config = load_config(folder)
+    config.card.update(fields)
+    params = sum(v.numel() for v in load_file(str(folder / WEIGHTS)).values())
+    atomic_write_text(folder / CARD, model_card(config, params))
+    atomic_write_text(folder / CONFIG, json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+
+
+__all__ = ["ModelConfig", "ModelError", "save_pretrained", "load_pretrained", "load_config", "model_card",
+           "update_card"]

@@ -206,6 +206,15 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         report.update(dict.fromkeys(("measured_latency_ms", "teacher_latency_ms", "bert_base_latency_ms",
                                      "speedup_vs_teacher", "speedup_vs_bert_base", "budget_met", "budget_ratio")))
         report["measure_note"] = "not measured yet: run `hwnas search adabert` again without --no-measure"
+    if (out / "history.csv").is_file():  # the op distribution per search epoch (collapse watch)
+        h = pd.read_csv(out / "history.csv")
+        cols = [c for c in h.columns if c.startswith("p_")] + ["expected_cells", "expected_cost"]
+        report["op_distribution_per_epoch"] = h[h["epoch_end"]][["epoch", *cols]].round(4).to_dict("records")
+    if report.get("measured_latency_ms") is not None:
+        from nas.modeling import update_card
+
+        update_card(model_dir, {k: report.get(k) for k in ("measured_latency_ms", "speedup_vs_teacher",
+                                                           "speedup_vs_bert_base", "budget_met", "measure_note")})
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 
