@@ -158,6 +158,8 @@ def main() -> None:
         t2 = _two_layer(work, prof, ctx)
         result = summarise(args, task, bert, budgets, runs, t2, work, front_task)
         save(RESULTS / f"adabert_{args.task}.json", result)
+        plot_front(result, RESULTS / f"adabert_{args.task}_front.png")
+        print(table(result))
         print(json.dumps(result["headline"], indent=2, default=str))
     print(f"stages {stages} done in {(time.time() - t0) / 60:.1f} min")
 
@@ -212,6 +214,58 @@ def summarise(args, task, bert, budgets, runs, two_layer, work, front_task) -> d
         "front_train_examples": len(front_task.train), "two_layer_baseline": two_layer,
         "headline": head, "runs": rows,
     }
+
+
+def plot_front(result: dict, png: Path) -> None:
+    """Dev accuracy against measured latency: latency-aware search, FLOPs-proxy search, random, 2-layer baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"front_latency": ("latency-aware search", "o", "C0"), "front_flops": ("FLOPs-proxy search", "s", "C1"),
+              "front_random": ("random under budget", "x", "C7"), "headline": ("latency search, full data", "*", "C3")}
+    seen = set()
+    for name, r in result["runs"].items():
+        key = next((k for k in styles if name.startswith(k)), None)
+        if key is None or r.get("measured_latency_ms") is None:
+            continue
+        label, marker, colour = styles[key]
+        ax.scatter(r["measured_latency_ms"], 100 * r["student_accuracy"], marker=marker, color=colour, s=60,
+                   label=None if key in seen else label)
+        seen.add(key)
+    for b in result["budgets_ms"].values():
+        ax.axvline(b, color="grey", lw=0.8, ls=":")
+    t2 = result.get("two_layer_baseline") or {}
+    if t2.get("latency_ms"):
+        ax.scatter(t2["latency_ms"], 100 * t2["accuracy"], marker="D", color="C2", s=60,
+                   label="MiniLM cut to 2 layers (layer dropping)")
+    ax.axhline(100 * result["headline"]["teacher_accuracy"], color="C3", lw=0.8, ls="--", label="teacher (6 layers)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"measured latency, ms (batch {result['batch']}, seq_len {result['seq_len']}, {result['profile']})")
+    ax.set_ylabel(f"{result['task']} dev accuracy, %")
+    ax.set_title(f"AdaBERT on {result['task']}: budgets BERT-base / " + ", ".join(map(str, result["budgets_ms"])))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def table(result: dict) -> str:
+    """A markdown table of every run (for benchmarks/README.md)."""
+    lines = ["| run | train ex. | efficiency | budget ms | predicted ms | measured ms | measured / budget | dev acc. | "
+             "params M | x BERT-base | search min | retrain min |", "|" + "---|" * 12]
+    for name, r in result["runs"].items():
+        m = r.get("measured_latency_ms")
+        eff = r["efficiency"] if r["source"] == "search" else "random"
+        ratio = "n/a" if m is None else f"{m / r['budget_ms']:.3f}"
+        speed = "n/a" if r.get("speedup_vs_bert_base") is None else f"{r['speedup_vs_bert_base']:.1f}"
+        lines.append(f"| {name} | {r['train_examples']} | {eff} | {r['budget_ms']:.3f} | "
+                     f"{r['predicted_latency_ms']:.3f} | {'n/a' if m is None else f'{m:.3f}'} | {ratio} | "
+                     f"{100 * r['student_accuracy']:.2f} | {r['params'] / 1e6:.2f} | {speed} | "
+                     f"{r['search_minutes']:.1f} | {r['retrain_minutes']:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,7 @@ from nas.train import (
     accuracy,
     linear_schedule,
     predict_logits,
-    rng_state,
     seed_everything,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -139,19 +137,15 @@ def _finetune(model, enc_train, cfg: TeacherConfig, ckpt: Checkpoint, progress: 
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     sched = linear_schedule(opt, total)
     step, losses = 0, []
-    state = ckpt.load()
+    objects = {"model": model, "opt": opt, "sched": sched}
+    state = ckpt.restore(objects)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        set_rng_state(state["rng"])
         step, losses = int(state["step"]), list(state["losses"])
         log.info("resuming teacher fine-tuning at step %d of %d", step, total)
     model.train()
 
     def save():
-        ckpt.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                   "rng": rng_state(), "step": step, "losses": losses})
+        ckpt.store(objects, step=step, losses=losses)
 
     bar = tqdm(total=total, initial=step, desc="teacher fine-tune", disable=not progress, unit="step")
     while step < total:

@@ -75,6 +75,20 @@ class Checkpoint:
         atomic_write_bytes(self.path, buf.getvalue())
         self._last = time.monotonic()
 
+    def store(self, objects: dict[str, Any], **counters: Any) -> None:
+        """Save each object's ``state_dict()`` under its name, the global RNG states and ``counters``."""
+        self.save({**{k: o.state_dict() for k, o in objects.items()}, "rng": rng_state(), **counters})
+
+    def restore(self, objects: dict[str, Any]) -> dict[str, Any] | None:
+        """Load a saved state into ``objects`` (by name) and the RNGs; return the whole state, or None if none."""
+        state = self.load()
+        if state is None:
+            return None
+        for k, o in objects.items():
+            o.load_state_dict(state[k])
+        set_rng_state(state["rng"])
+        return state
+
     def due(self) -> bool:
         """True when ``every_s`` seconds have passed since the last save."""
         return time.monotonic() - self._last >= self.every_s

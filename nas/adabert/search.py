@@ -26,7 +26,7 @@ from nas.adabert.derive import op_distribution
 from nas.adabert.supernet import SuperNet, init_embedding, probe_logits_of
 from nas.configs import SearchConfig
 from nas.distill import probe_kd_loss
-from nas.train import Checkpoint, accuracy, predict_logits, rng_state, seed_everything, set_rng_state
+from nas.train import Checkpoint, accuracy, predict_logits, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,9 @@ def search(net: SuperNet, enc, targets: tuple[torch.Tensor, torch.Tensor], layer
     opt_a = torch.optim.Adam(net.arch_logits.parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))
     ckpt = Checkpoint(folder / "search.pt")
     epoch, skip, history, spent = 0, 0, [], 0.0
-    state = ckpt.load()
+    objects = {"net": net, "opt_w": opt_w, "opt_a": opt_a}
+    state = ckpt.restore(objects)
     if state is not None:
-        net.load_state_dict(state["net"])
-        opt_w.load_state_dict(state["opt_w"])
-        opt_a.load_state_dict(state["opt_a"])
-        set_rng_state(state["rng"])
         epoch, skip, history, spent = int(state["epoch"]), int(state["skip"]), list(state["history"]), state["spent"]
         log.info("resuming the search at epoch %d, batch %d", epoch, skip)
     start = time.perf_counter()
@@ -98,9 +95,7 @@ def search(net: SuperNet, enc, targets: tuple[torch.Tensor, torch.Tensor], layer
     net.train()
 
     def save(ep, sk):
-        ckpt.save({"net": net.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),
-                   "rng": rng_state(), "epoch": ep, "skip": sk, "history": history,
-                   "spent": spent + time.perf_counter() - start})
+        ckpt.store(objects, epoch=ep, skip=sk, history=history, spent=spent + time.perf_counter() - start)
 
     while epoch < cfg.epochs:
         w_batches = list(batches(enc, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, indices=w_idx))
@@ -160,21 +155,15 @@ def retrain(model: nn.Module, k: int, enc_train, enc_dev, targets: tuple[torch.T
                                               * max(0.0, 1 - s / max(1, total)))
     ckpt = Checkpoint(folder / "retrain.pt")
     epoch, skip, history, spent = 0, 0, [], 0.0
-    state = ckpt.load()
+    objects = {"model": model, "probes": probes, "opt": opt, "sched": sched}
+    state = ckpt.restore(objects)
     if state is not None:
-        model.load_state_dict(state["model"])
-        probes.load_state_dict(state["probes"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        set_rng_state(state["rng"])
         epoch, skip, history, spent = int(state["epoch"]), int(state["skip"]), list(state["history"]), state["spent"]
     start = time.perf_counter()
     bar = tqdm(total=total, initial=epoch * per_epoch + skip, desc="retrain", unit="step", disable=not progress)
 
     def save(ep, sk):
-        ckpt.save({"model": model.state_dict(), "probes": probes.state_dict(), "opt": opt.state_dict(),
-                   "sched": sched.state_dict(), "rng": rng_state(), "epoch": ep, "skip": sk, "history": history,
-                   "spent": spent + time.perf_counter() - start})
+        ckpt.store(objects, epoch=ep, skip=sk, history=history, spent=spent + time.perf_counter() - start)
 
     dev_acc = float("nan")
     while epoch < cfg.retrain_epochs:
