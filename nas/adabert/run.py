@@ -108,6 +108,12 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
                            f"architecture on {prof.name} at batch {ctx.batch}, seq_len {ctx.seq_len} "
                            f"({fastest:.3f} ms predicted); raise --budget-ms to at least {fastest:.3f}")
     budget = budget_ms if cfg.efficiency == "latency" else budget_cost
+    if budget_cost is not None and cfg.efficiency != "latency":
+        (lowest, _), _ = cost.extremes()
+        if not budget_cost >= lowest:
+            raise RunError(f"--budget-cost {budget_cost:g} is below the smallest {cfg.efficiency} of any "
+                           f"{space.name}/{space.preset.name} architecture ({lowest:.4g}); raise it")
+    eff = Efficiency(cost, budget, cfg.penalty, cfg.beta)  # checks the penalty and budget before anything runs
     settings = {"task": task.describe(), "data": task.fingerprint(), "teacher": str(Path(teacher_dir).resolve()),
                 "profile": str(prof.path), "profile_name": prof.name, "space": space.name, "preset": space.preset.name,
                 "budget_ms": budget_ms, "budget_cost": budget_cost, "batch": ctx.batch, "seq_len": ctx.seq_len,
@@ -132,7 +138,6 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         search_minutes = saved["search_minutes"]
     else:
         net, emb_note = new_supernet(space, task.num_labels, task.pair, teacher, cfg.seed)
-        eff = Efficiency(cost, budget, cfg.penalty, cfg.beta)
         probs, history, search_minutes = search(net, enc_train, targets, layers, eff, cfg, out, progress)
         _write_csv(out / "history.csv", history)
         atomic_write_text(weights_file, json.dumps({"probabilities": {k: v.tolist() for k, v in probs.items()},
