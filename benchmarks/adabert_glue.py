@@ -143,19 +143,20 @@ def main() -> None:
         runs[name] = r
         return r
 
-    if "headline" in stages or "measure" in stages:
+    if "headline" in stages:
         run(f"headline_r{mid}", task, budgets[mid])
     front_task = load_task(args.task, data_dir=str(SHARED), train_limit=args.front_limit) \
         if len(task.train) > args.front_limit else task
-    if "fronts" in stages or "measure" in stages:
+    if "fronts" in stages:
         for r in ratios:
             run(f"front_latency_r{r}", front_task, budgets[r])
             run(f"front_flops_r{r}", front_task, budgets[r], efficiency="flops", budget_cost=bert["flops"] / r)
             for i, a in enumerate(random_under(space, cost, budgets[r], 3, seed=r)):
                 run(f"front_random{i}_r{r}", front_task, budgets[r], fixed=a)
-    if "measure" in stages:
-        for name in list(runs):
-            runs[name] = run(name.split("|")[0], *_args_of(work / name, task, front_task), measure=True)
+    if "measure" in stages:  # every finished run (a report.json), nothing trained here
+        done = sorted(p.parent.name for p in work.glob("*/report.json"))
+        for name in sorted(done, key=lambda n: (not n.startswith("headline"), n)):
+            runs[name] = run(name, *_args_of(work / name, task, front_task), measure=True)
         t2 = _two_layer(work, prof, ctx)
         result = summarise(args, task, bert, budgets, runs, t2, work, front_task)
         save(RESULTS / f"adabert_{args.task}.json", result)
