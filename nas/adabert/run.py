@@ -29,7 +29,7 @@ from nas.arch import Architecture
 from nas.configs import SearchConfig
 from nas.errors import HwnasError
 from nas.io import atomic_write_text, read_json_object
-from nas.spaces import Context, get_space
+from nas.spaces import Context
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         raise RunError("--budget-ms is required with --efficiency latency")
     cost = _cost_model(space, cfg.efficiency, predictor, ctx, task.num_labels)
     lat_cost = predictor.cost_matrix(space, ctx)
-    (fastest, fast_idx), (slowest, _) = lat_cost.extremes()
+    (fastest, _), (slowest, _) = lat_cost.extremes()
     if budget_ms is not None:
         if not budget_ms > 0:
             raise RunError(f"--budget-ms must be positive, got {budget_ms}")
@@ -243,4 +243,4 @@ def load_arch(out: str | os.PathLike) -> Architecture:
     return Architecture.load(Path(out) / "arch.json")
 
 
-__all__ = ["run_adabert", "RunError", "load_arch", "get_space"]
+__all__ = ["run_adabert", "RunError", "load_arch"]
