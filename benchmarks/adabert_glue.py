@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from nas.configs import SearchConfig  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
-from nas.spaces import Context, get_space  # noqa: E402
+from nas.spaces import Context  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "glue"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -61,25 +61,13 @@ def teachers(task, work: Path, settings: dict) -> tuple:
 
 def measure_bert(prof, ctx: Context, work: Path) -> dict:
     """BERT-base's latency (and FLOPs) at ``ctx``, measured once and kept."""
-    from latency.backends.base import get_backend
-    from latency.measure import token_inputs
-    from latency.stats import Protocol
-    from nas.adabert.measure import _Logits, bert_base, measure_in_rounds, same_device
+    from nas.adabert.measure import bert_base, measure_models
 
     f = work.parent / f"bert_base_{prof.name}_b{ctx.batch}_s{ctx.seq_len}.json"  # shared by the tasks
     if f.is_file():
         return load(f)
-    b = prof.meta["backend"]
-    be = get_backend(b["name"], threads=int(b["threads"]), device=b.get("device", "cpu"))
-    try:
-        x = token_inputs(get_space("adabert", "small"), ctx)
-        feed = {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"],
-                "token_type_ids": x["input_ids"] * 0}
-        stats = measure_in_rounds(be, {"bert": be.prepare(_Logits(bert_base()), feed)},
-                                  Protocol.from_dict(prof.meta["protocol"]))["bert"]
-        diffs = same_device(prof, be)
-    finally:
-        be.close()
+    stats, diffs = measure_models(prof, ctx, {"bert": bert_base()})
+    stats = stats["bert"]
     # BERT-base FLOPs at ctx: 12 layers of (4 h^2 + 2 h * 4h) * 2 per token plus attention 2 * 2 T h per token
     h, n, t = 768, ctx.batch * ctx.seq_len, ctx.seq_len
     flops = 12 * (2 * n * (4 * h * h + 8 * h * h) + 4 * n * t * h)
@@ -182,22 +170,11 @@ def _two_layer(work: Path, prof, ctx) -> dict:
         return load(f)
     from transformers import AutoModelForSequenceClassification
 
-    from latency.backends.base import get_backend
-    from latency.measure import token_inputs
-    from latency.stats import Protocol
-    from nas.adabert.measure import _Logits, measure_in_rounds
+    from nas.adabert.measure import measure_models
 
     info = load(work / "teacher_2layers" / "teacher.json")
-    b = prof.meta["backend"]
-    be = get_backend(b["name"], threads=int(b["threads"]))
-    try:
-        x = token_inputs(get_space("adabert", "small"), ctx)
-        feed = {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "token_type_ids": x["input_ids"] * 0}
-        m = AutoModelForSequenceClassification.from_pretrained(work / "teacher_2layers", attn_implementation="eager")
-        stats = measure_in_rounds(be, {"m": be.prepare(_Logits(m.eval()), feed)},
-                                  Protocol.from_dict(prof.meta["protocol"]))["m"]
-    finally:
-        be.close()
+    m = AutoModelForSequenceClassification.from_pretrained(work / "teacher_2layers", attn_implementation="eager")
+    stats = measure_models(prof, ctx, {"m": m})[0]["m"]
     out = {"accuracy": info["teacher_accuracy"], "latency_ms": stats["latency_p50_ms"], "params": info["params"]}
     save(f, out)
     return out

@@ -39,7 +39,6 @@ from nas.train import (
     Checkpoint,
     accuracy,
     linear_schedule,
-    predict_logits,
     seed_everything,
 )
 
@@ -360,16 +359,13 @@ def train_teacher(task, out: str | os.PathLike, config: TeacherConfig | None = N
     enc_train, enc_dev = encode(tok, task.train, cfg.max_len), encode(tok, task.dev, cfg.max_len)
     fit = _finetune(model, enc_train, cfg, Checkpoint(out / ".ckpt" / "finetune.pt"), progress)
     model.eval()
-    from nas.data import batches
-
-    dev_logits, dev_labels = predict_logits(model, batches(enc_dev, 64), lambda m, b: _hf_forward(m, b).logits)
-    teacher_acc = accuracy(dev_logits, dev_labels)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     t1 = time.perf_counter()
 
     tr_states, tr_logits = pooled_states(model, enc_train, progress=progress, desc="teacher states (train)")
-    dv_states, _ = pooled_states(model, enc_dev, progress=progress, desc="teacher states (dev)")
+    dv_states, dv_logits = pooled_states(model, enc_dev, progress=progress, desc="teacher states (dev)")
+    teacher_acc = accuracy(dv_logits, enc_dev.labels)  # the same eval-mode pass gives the logits and the states
     w, b = train_probes(tr_states, enc_train.labels, task.num_labels, cfg.probe_epochs, cfg.probe_lr, seed=cfg.seed)
     dev_probe = probe_logits(dv_states, w, b)  # (N, L, C)
     probe_acc = [accuracy(dev_probe[:, i], enc_dev.labels) for i in range(dev_probe.shape[1])]

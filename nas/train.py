@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 import random
 import time
@@ -119,12 +118,6 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    """Cosine interpolation from ``start`` (step 0) to ``end`` (step ``total``)."""
-    t = min(1.0, step / max(1, total))
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, batches, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels over ``batches`` (dicts from :func:`nas.data.batches`), model in eval mode.
@@ -149,5 +142,5 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else float("nan")
 
 
-__all__ = ["Checkpoint", "TrainError", "rng_state", "set_rng_state", "seed_everything", "linear_schedule", "cosine",
+__all__ = ["Checkpoint", "TrainError", "rng_state", "set_rng_state", "seed_everything", "linear_schedule",
            "predict_logits", "accuracy"]

@@ -66,37 +66,52 @@ def same_device(prof, backend) -> list[str]:
     return compat_differences(prof.meta, here)
 
 
-def measure_report(out: Path, prof, ctx, teacher_dir, pair: bool) -> dict:
-    """Measure the run's student, its teacher and BERT-base; the report's measured fields."""
-    from transformers import AutoModelForSequenceClassification
+def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_labels: int = 2
+                   ) -> tuple[dict[str, dict], list[str]]:
+    """Time transformers classifiers (and optionally an hwnas architecture, as ``"student"``) the profile's way.
 
+    Every model is exported and run with the profile's backend, threads and protocol at ``ctx``, in shuffled rounds.
+    Returns ``(stats per name, differences between the profile's device and this machine)``.
+    """
     from latency.backends.base import get_backend
     from latency.measure import EXPORT_CTX, token_inputs
     from latency.stats import Protocol
-    from nas.arch import Architecture
+    from nas.spaces import get_space
 
-    arch = Architecture.load(out / "arch.json")
-    backend_meta = prof.meta.get("backend", {})
+    meta = prof.meta.get("backend", {})
     protocol = Protocol.from_dict(prof.meta["protocol"])
-    space = arch.get_space()
-    be = get_backend(backend_meta.get("name", "onnxruntime"), threads=int(backend_meta.get("threads", 1)),
-                     device=backend_meta.get("device", "cpu"))
+    space = arch.get_space() if arch is not None else get_space("adabert")
+    be = get_backend(meta.get("name", "onnxruntime"), threads=int(meta.get("threads", 1)),
+                     device=meta.get("device", "cpu"))
     try:
         diffs = same_device(prof, be)
-        inputs = token_inputs(space, ctx)
+        inputs = token_inputs(space, ctx)  # (B, T) ids and mask, no padding
         hf_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
                      "token_type_ids": torch.zeros_like(inputs["input_ids"])}
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager").eval()
-        labels = json.loads((out / "model" / "config.json").read_text())["num_labels"]
-        entries = {"student": be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=labels),
-                   "teacher": be.prepare(_Logits(teacher), hf_inputs),
-                   "bert_base": be.prepare(_Logits(bert_base()), hf_inputs)}
-        be.bind(entries["student"], inputs)
+        entries = {name: be.prepare(_Logits(m.eval()), hf_inputs) for name, m in classifiers.items()}
+        if arch is not None:
+            entries["student"] = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
+            be.bind(entries["student"], inputs)
         stats = measure_in_rounds(be, entries, protocol)
         for r in entries.values():
             r.release()
     finally:
         be.close()
+    return stats, diffs
+
+
+def measure_report(out: Path, prof, ctx, teacher_dir) -> dict:
+    """Measure the run's student, its teacher and BERT-base; the report's measured fields."""
+    from transformers import AutoModelForSequenceClassification
+
+    from nas.arch import Architecture
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
+    labels = json.loads((out / "model" / "config.json").read_text())["num_labels"]
+    stats, diffs = measure_models(prof, ctx, {"teacher": teacher, "bert_base": bert_base()},
+                                  Architecture.load(out / "arch.json"), labels)
+    protocol = prof.meta["protocol"]
+    backend_meta = prof.meta.get("backend", {})
     ms = {k: v["latency_p50_ms"] for k, v in stats.items()}
     budget = _budget(out)
     here = not diffs
@@ -110,8 +125,9 @@ def measure_report(out: Path, prof, ctx, teacher_dir, pair: bool) -> dict:
         "measure_note": ("measured on the profile's device with its backend, threads and protocol" if here else
                          "this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are "
                          "this machine's, and the budget is neither claimed met nor missed"),
-        "measure_protocol": f"{backend_meta.get('name')} {be.version}, {be.threads} thread(s), {protocol.visits} "
-                            "visits in shuffled rounds, median of visit medians",
+        "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
+                            f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
+                            "median of visit medians",
     }
 
 
@@ -119,4 +135,4 @@ def _budget(out: Path) -> float | None:
     return json.loads((out / "config.json").read_text()).get("budget_ms")
 
 
-__all__ = ["measure_report", "measure_in_rounds", "bert_base", "same_device"]
+__all__ = ["measure_report", "measure_models", "measure_in_rounds", "bert_base", "same_device"]

@@ -120,10 +120,16 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
                 "search": dataclasses.asdict(cfg), "fixed_arch": fixed_arch.to_dict() if fixed_arch else None}
     _claim(out, settings)
 
-    targets = teacher.lookup(task.train)
     tok = teacher.tokenizer()
-    enc_train, enc_dev = encode(tok, task.train, cfg.max_len), encode(tok, task.dev, cfg.max_len)
     layers = teacher.num_layers
+    training: dict[str, Any] = {}
+
+    def data():
+        """(teacher targets, encoded train, encoded dev), built once and only if a stage still trains."""
+        if not training:
+            training.update(targets=teacher.lookup(task.train), train=encode(tok, task.train, cfg.max_len),
+                            dev=encode(tok, task.dev, cfg.max_len))
+        return training["targets"], training["train"], training["dev"]
 
     # 1. search (skipped for a fixed architecture)
     weights_file = out / "arch_weights.json"
@@ -138,6 +144,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         search_minutes = saved["search_minutes"]
     else:
         net, emb_note = new_supernet(space, task.num_labels, task.pair, teacher, cfg.seed)
+        targets, enc_train, _ = data()
         probs, history, search_minutes = search(net, enc_train, targets, layers, eff, cfg, out, progress)
         _write_csv(out / "history.csv", history)
         atomic_write_text(weights_file, json.dumps({"probabilities": {k: v.tolist() for k, v in probs.items()},
@@ -161,11 +168,12 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
     # 3. retrain
     model_dir = out / "model"
     retrain_file = out / "retrain.json"
-    student = new_student(space, arch, task.num_labels, task.pair, teacher, cfg.seed)
     if retrain_file.is_file():
         saved = read_json_object(retrain_file, RunError, "delete it to retrain again")
         acc, retrain_minutes = saved["student_accuracy"], saved["retrain_minutes"]
     else:
+        targets, enc_train, enc_dev = data()
+        student = new_student(space, arch, task.num_labels, task.pair, teacher, cfg.seed)
         acc, rhist, retrain_minutes = retrain(student, arch.choices["cells"], enc_train, enc_dev, targets, layers,
                                               cfg, out, progress)
         _write_csv(out / "retrain.csv", rhist)
@@ -187,7 +195,8 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         tok.save_pretrained(model_dir)
 
     report = {
-        "task": task.name, "source": "fixed" if fixed_arch is not None else "search", "space": space.name, "preset": space.preset.name, "profile": prof.name,
+        "task": task.name, "source": "fixed" if fixed_arch is not None else "search", "space": space.name,
+        "preset": space.preset.name, "profile": prof.name,
         "efficiency": cfg.efficiency, "penalty": cfg.penalty, "batch": ctx.batch, "seq_len": ctx.seq_len,
         "teacher_accuracy": teacher.info["teacher_accuracy"], "student_accuracy": acc,
         "params": space.params(arch, task.num_labels), "flops": space.flops(arch, ctx, task.num_labels),
@@ -201,12 +210,12 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
     old = out / "report.json"
     if old.is_file():  # keep measurements already taken
         prev = read_json_object(old, RunError, "delete it to report again")
-        report.update({k: v for k, v in prev.items() if k.startswith(("measured", "speedup", "bert_base", "teacher_"
-                                                                      "latency", "budget_met", "measure"))})
+        report.update({k: v for k, v in prev.items() if k.startswith(("measured", "speedup", "bert_base", "teacher_latency",
+                                                                      "budget_met", "budget_ratio", "measure"))})
     if measure and report.get("measured_latency_ms") is None:
         from nas.adabert.measure import measure_report
 
-        report.update(measure_report(out, prof, ctx, teacher_dir, task.pair))
+        report.update(measure_report(out, prof, ctx, teacher_dir))
     elif "measured_latency_ms" not in report:
         report.update(dict.fromkeys(("measured_latency_ms", "teacher_latency_ms", "bert_base_latency_ms",
                                      "speedup_vs_teacher", "speedup_vs_bert_base", "budget_met", "budget_ratio")))
