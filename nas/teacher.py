@@ -350,11 +350,11 @@ def train_teacher(task, out: str | os.PathLike, config: TeacherConfig | None = N
     marker = out / ".ckpt" / "key.json"
     if marker.is_file() and json.loads(marker.read_text()) != want:
         raise TeacherError(f"{out} holds an unfinished teacher of another task or base; choose another --out")
-    atomic_write_text(marker, json.dumps(want))
 
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     tok, model = load_base(base, task.num_labels, task.label_names, cfg.layers)
+    atomic_write_text(marker, json.dumps(want))  # only once the base loads: a bad --base leaves nothing behind
     torch.manual_seed(cfg.seed)
     enc_train, enc_dev = encode(tok, task.train, cfg.max_len), encode(tok, task.dev, cfg.max_len)
     fit = _finetune(model, enc_train, cfg, Checkpoint(out / ".ckpt" / "finetune.pt"), progress)

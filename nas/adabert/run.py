@@ -118,8 +118,6 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
                 "profile": str(prof.path), "profile_name": prof.name, "space": space.name, "preset": space.preset.name,
                 "budget_ms": budget_ms, "budget_cost": budget_cost, "batch": ctx.batch, "seq_len": ctx.seq_len,
                 "search": dataclasses.asdict(cfg), "fixed_arch": fixed_arch.to_dict() if fixed_arch else None}
-    _claim(out, settings)
-
     tok = teacher.tokenizer()
     layers = teacher.num_layers
     training: dict[str, Any] = {}
@@ -130,6 +128,10 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
             training.update(targets=teacher.lookup(task.train), train=encode(tok, task.train, cfg.max_len),
                             dev=encode(tok, task.dev, cfg.max_len))
         return training["targets"], training["train"], training["dev"]
+
+    if not (out / "retrain.json").is_file():
+        data()  # a teacher built on other examples is refused before the folder is claimed
+    _claim(out, settings)
 
     # 1. search (skipped for a fixed architecture)
     weights_file = out / "arch_weights.json"
