@@ -1,11 +1,12 @@
 """The profile folder's durable record of measurements in progress.
 
 Each visit of an entry is appended to ``visits.csv`` as it ends (one line, fsync'd); once all of an entry's
-visits are in, its row is appended to ``ops.csv`` or ``e2e.csv``. Re-opening the journal after a kill knows
+visits are in and agree (else after the extra visits the protocol's retake rule asks for), its row is appended to
+``ops.csv`` or ``e2e.csv``. Re-opening the journal after a kill knows
 exactly which visits and rows exist, so a re-run measures only what is missing and writes every row once.
 
 ``visits.csv`` columns: ``entry`` (op | e2e), ``graph`` (the op key, or ``arch:`` + 16 hex digits of the
-SHA-1 of the architecture's JSON), ``batch``, ``seq_len``, ``visit``, the visit's latency percentiles, mean and
+SHA-1 of the architecture's JSON; ``retest:`` before either for the test-retest measurement), ``batch``, ``seq_len``, ``visit``, the visit's latency percentiles, mean and
 sd (ms), ``n_runs`` and why it stopped (``stable``, ``time_cap``, ``max_runs``).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latency.stats import Protocol, combine_visits
+from latency.stats import Protocol, combine_visits, wants_retake
 from latency.table import (
     E2E_COLUMNS,
     E2E_KEY,
@@ -54,15 +55,38 @@ class Journal:
     ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
 
     def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
-        self.folder, self.k, self.by_key = folder, protocol.visits, {j.visit_key: j for j in jobs}
+        self.folder, self.protocol, self.k = folder, protocol, protocol.visits
+        self.by_key = {j.visit_key: j for j in jobs}
         self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
         self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
         self.visits: dict[tuple, dict[int, dict]] = {}  # visit key -> visit number -> its summary
         for r in read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
             self.visits.setdefault((r["graph"], r["batch"], r["seq_len"]), {})[r["visit"]] = r
 
+    def extend(self, jobs: list[Job]) -> None:
+        """Entries planned after the journal opened (the searched architectures)."""
+        self.by_key.update({j.visit_key: j for j in jobs})
+        self.finish_complete()
+
+    def visits_of(self, job: Job) -> list[dict]:
+        got = self.visits.get(job.visit_key, {})
+        return [got[v] for v in sorted(got)]
+
+    def _open(self, job: Job) -> bool:
+        """Whether the entry still takes visits: a retest entry until its visits agree, an entry until its row
+        is written."""
+        if job.retest:
+            got = self.visits_of(job)
+            return len(got) < self.k or wants_retake([v["latency_p50_ms"] for v in got], self.protocol)
+        return job.key not in self.done
+
     def wants(self, job: Job, visit: int) -> bool:
-        return job.key not in self.done and visit not in self.visits.get(job.visit_key, {})
+        """Whether ``visit`` of ``job`` is to be measured: a main-round visit not yet taken, or the next extra
+        visit of an entry whose visits disagree."""
+        got = self.visits.get(job.visit_key, {})
+        if visit in got or not self._open(job):
+            return False
+        return visit < self.k or len(got) == visit
 
     def __enter__(self) -> Journal:
         self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
@@ -82,10 +106,14 @@ class Journal:
         self._finish(job)
 
     def _finish(self, job: Job) -> None:
-        got = self.visits.get(job.visit_key, {})
-        if job.key not in self.done and len(got) >= self.k:
-            self.out[job.kind].append(entry_row(job, [got[v] for v in sorted(got)][: self.k]))
-            self.done.add(job.key)
+        """Write the entry's row once its visits are in and agree (or ``max_visits`` are taken)."""
+        got = self.visits_of(job)
+        if job.retest or job.key in self.done or len(got) < self.k:
+            return
+        if wants_retake([v["latency_p50_ms"] for v in got], self.protocol):
+            return
+        self.out[job.kind].append(entry_row(job, got))
+        self.done.add(job.key)
 
     def finish_complete(self) -> None:
         """Write the rows of entries whose visits all ended before a kill took the row with it."""

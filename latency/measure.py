@@ -12,13 +12,14 @@ True
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import replace
 
 import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
-from latency.stats import Protocol, combine_visits, next_chunk, stop_reason, summarize
+from latency.stats import Protocol, combine_visits, next_chunk, stop_reason, summarize, wants_retake
 from nas.spaces.ops import Context
 
 EXPORT_CTX = Context(2, 16)  # example shape graphs are exported (traced) at; axes stay dynamic
@@ -52,13 +53,32 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
         samples += backend.time(runnable, next_chunk(samples, elapsed, protocol, time_cap_s))
 
 
-def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None) -> dict:
-    """``protocol.visits`` visits back to back (one entry on its own), combined as the profiler combines them."""
-    visits = []
-    for _ in range(protocol.visits):
-        samples, reason = measure_runnable(backend, runnable, protocol, time_cap_s)
-        visits.append({**summarize(samples, protocol.rse_method), "stop": reason})
-    return combine_visits(visits)
+def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: Protocol, kind: str = "e2e",
+                      seed: int = 0) -> dict[str, dict]:
+    """Time prepared runnables the profiler's way: ``protocol.visits`` rounds, each visiting every entry once in
+    its own seeded order, then extra rounds for the entries whose visits disagree (:func:`wants_retake`), up to
+    ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry :func:`combine_visits`.
+
+    With one entry this is what ``hwnas measure`` does; with several (a student, its teacher and BERT-base) the
+    rounds interleave them, so slow drift of the machine moves all alike.
+    """
+    rules = protocol.for_kind(kind)
+    visits: dict[str, list[dict]] = {k: [] for k in entries}
+    for v in range(max(protocol.visits, protocol.max_visits)):
+        order = [k for k in entries if v < protocol.visits or wants_retake(
+            [x["latency_p50_ms"] for x in visits[k]], protocol)]
+        if not order:
+            break
+        random.Random(f"{seed}:visit{v}").shuffle(order)
+        for name in order:
+            samples, reason = measure_runnable(backend, entries[name], rules)
+            visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason})
+    return {k: combine_visits(v) for k, v in visits.items()}
+
+
+def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, kind: str = "e2e") -> dict:
+    """One entry on its own, visited as the profiler visits its entries (:func:`measure_in_rounds`)."""
+    return measure_in_rounds(backend, {"entry": runnable}, protocol, kind)["entry"]
 
 
 def token_inputs(space, ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -96,7 +116,7 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
         inputs = token_inputs(space, ctx)
         runnable = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
         be.bind(runnable, inputs)
-        result = measure_visits(be, runnable, protocol, protocol.e2e_time_cap_s)
+        result = measure_visits(be, runnable, protocol)
         runnable.release()
     finally:
         if own:
@@ -126,4 +146,5 @@ def check_context(space, ctx: Context) -> None:
 def quick_protocol(protocol: Protocol) -> Protocol:
     """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
     return replace(protocol, warmup_runs=1, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
-                   visits=2, retest_fraction=0.05, retest_min=5)
+                   e2e_warmup_runs=2, e2e_warmup_min_s=0.03, e2e_min_runs=4, visits=2, max_visits=3,
+                   retest_fraction=0.05, retest_min=5)

@@ -48,6 +48,7 @@ def config_from_args(args) -> ProfileConfig:
         seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else DEFAULT_SEQ_LEN)),
         e2e=args.e2e if args.e2e is not None else (QUICK_E2E if quick else DEFAULT_E2E), seed=args.seed,
         protocol=quick_protocol(protocol) if quick else protocol, quick=quick,
+        search_like=(not quick) if getattr(args, "search_like", None) is None else args.search_like,
     )
 
 

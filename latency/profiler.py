@@ -74,6 +74,10 @@ class ProfileConfig:
     seed: int = 0  # order of measurement, e2e sampling, retest sample, weights and inputs
     protocol: Protocol = field(default_factory=Protocol)  # the repeats rule
     quick: bool = False  # the reduced --quick grid and protocol
+    search_like: bool = True  # also measure homogeneous, extreme and latency-searched architectures whole
+    search_fractions: tuple[float, ...] | None = None  # budgets of those searches (None: SEARCH_FRACTIONS)
+    split: str = "alternate"  # e2e rows: "alternate" calibration / test, or all "calibration" (a transfer profile)
+    transfer_from: dict | None = None  # {name, hash} of the profile a --transfer-from measurement adapts
 
     def contexts(self) -> list[Context]:
         return [Context(b, s) for b in self.batch for s in self.seq_len]
@@ -95,6 +99,7 @@ class Job:
     arch: object | None = None  # nas.arch.Architecture for e2e jobs
     split: str | None = None  # calibration | test for e2e jobs
     label: str = ""
+    retest: bool = False  # the second, independent measurement of a sampled entry (test-retest)
 
     @property
     def key(self) -> tuple:
@@ -103,9 +108,10 @@ class Job:
 
     @property
     def visit_key(self) -> tuple:
-        """The entry's key in visits.csv: an architecture is named by a short hash of its JSON."""
+        """The entry's key in visits.csv: an architecture is named by a short hash of its JSON; a retest
+        measurement by ``retest:`` + its entry's name."""
         gid = self.graph if self.kind == "op" else "arch:" + hashlib.sha1(self.graph.encode()).hexdigest()[:16]
-        return (gid, self.ctx.batch, self.ctx.seq_len)
+        return ("retest:" + gid if self.retest else gid, self.ctx.batch, self.ctx.seq_len)
 
 
 def sample_archs(space, n: int, seed: int) -> list:
@@ -122,8 +128,24 @@ def sample_archs(space, n: int, seed: int) -> list:
     return archs
 
 
+def _splits(n: int, mode: str) -> list[str]:
+    return ["calibration" if mode == "calibration" or i % 2 == 0 else "test" for i in range(n)]
+
+
+def arch_jobs(archs: list, ctxs: list[Context], label: str, split: str, seen: set[str]) -> list[Job]:
+    """e2e jobs of ``archs`` at every Context (splits alternate within the set, starting with calibration);
+    architectures already in ``seen`` are skipped."""
+    archs = [a for a in archs if a.key not in seen]
+    seen.update(a.key for a in archs)
+    return [Job("e2e", a.key, c, arch=a, split=sp, label=f"{a.space}#{label}{i}")
+            for i, (a, sp) in enumerate(zip(archs, _splits(len(archs), split))) for c in ctxs]
+
+
 def plan_jobs(cfg: ProfileConfig) -> list[Job]:
-    """Every entry of the profile in its measurement order (seeded shuffle)."""
+    """Every entry measured before the searched architectures, in its measurement order (seeded shuffle): the
+    ops, the sampled architectures and (``search_like``) the homogeneous ones."""
+    from latency.archsets import homogeneous_archs
+
     spaces, ctxs = cfg.load_spaces(), cfg.contexts()
     for space in spaces:
         for ctx in ctxs:
@@ -131,12 +153,64 @@ def plan_jobs(cfg: ProfileConfig) -> list[Job]:
     specs = sorted({s for space in spaces for s in space.unique_ops(num_labels=NUM_LABELS)}, key=lambda s: s.key)
     jobs = [Job("op", s.key, c, spec=s, label=s.key) for s in specs for c in ctxs]
     for space in spaces:
-        for i, arch in enumerate(sample_archs(space, cfg.e2e, cfg.seed)):
-            split = "calibration" if i % 2 == 0 else "test"
-            jobs += [Job("e2e", arch.key, c, arch=arch, split=split, label=f"{space.name}#{i}") for c in ctxs]
-    jobs.sort(key=lambda j: (j.kind, j.key))
-    random.Random(cfg.seed).shuffle(jobs)
+        seen: set[str] = set()
+        jobs += arch_jobs(sample_archs(space, cfg.e2e, cfg.seed), ctxs, "", cfg.split, seen)
+        if cfg.search_like:
+            jobs += arch_jobs(homogeneous_archs(space), ctxs, "homogeneous", cfg.split, seen)
+    return _shuffled(jobs, cfg.seed)
+
+
+def _shuffled(jobs: list[Job], seed) -> list[Job]:
+    jobs = sorted(jobs, key=lambda j: (j.kind, j.key))
+    random.Random(seed).shuffle(jobs)
     return jobs
+
+
+def reference_context(cfg: ProfileConfig) -> Context:
+    """The Context latency-only searches aim their budgets at: batch 1 and seq_len 128 where the grid has them,
+    else the grid's middle."""
+    b = 1 if 1 in cfg.batch else sorted(cfg.batch)[len(cfg.batch) // 2]
+    s = 128 if 128 in cfg.seq_len else sorted(cfg.seq_len)[len(cfg.seq_len) // 2]
+    return Context(b, s)
+
+
+def derive_archs(cfg: ProfileConfig, folder: Path, meta: dict) -> dict:
+    """The architectures searches return on this device, from its own op table (the plain lookup table at the
+    reference Context): the fastest and slowest, and latency-only searches at ``SEARCH_FRACTIONS`` of the
+    range. Stored in ``profile.json`` (``derived_archs``) so that a resumed run measures the same ones."""
+    import pandas as pd
+
+    from latency.archsets import SEARCH_FRACTIONS, extreme_archs, searched_archs
+
+    fractions = cfg.search_fractions or SEARCH_FRACTIONS
+    from latency.predictor import fit
+    from latency.profile_data import ProfileData
+
+    t0 = time.perf_counter()
+    ops = pd.DataFrame(read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS))
+    pred = fit(ProfileData(folder, meta, ops, None), "lut")
+    ref = reference_context(cfg)
+    archs = {}
+    for space in cfg.load_spaces():
+        cost = pred.cost_matrix(space, ref)
+        found = searched_archs(space, cost, fractions, seed=cfg.seed)
+        archs[space.name] = [a.to_dict() for a in extreme_archs(space, cost) + found]
+    return {"reference": [ref.batch, ref.seq_len], "predictor": "lut (this profile's op table)",
+            "search": "latency-only, capacity = parameters, budgets at " + ", ".join(
+                f"{f:g}" for f in fractions) + " of the way from the fastest architecture to the capacity "
+            "optimum", "archs": archs,
+            "search_s": round(time.perf_counter() - t0, 1)}
+
+
+def derived_jobs(cfg: ProfileConfig, derived: dict, planned: list[Job]) -> list[Job]:
+    from nas.arch import Architecture
+
+    ctxs, out = cfg.contexts(), []
+    for space in cfg.load_spaces():
+        seen = {j.graph for j in planned if j.kind == "e2e" and j.arch.space == space.name}
+        archs = [Architecture.from_dict(d, "profile.json derived_archs") for d in derived["archs"].get(space.name, [])]
+        out += arch_jobs(archs, ctxs, "searched", cfg.split, seen)
+    return _shuffled(out, f"{cfg.seed}:derived")
 
 
 def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
@@ -149,8 +223,11 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
         "protocol": cfg.protocol.to_dict(), "grid": {"batch": list(cfg.batch), "seq_len": list(cfg.seq_len)},
         "spaces": [{"name": s.name, "preset": s.preset.name, "version": s.version, "num_labels": NUM_LABELS}
                    for s in spaces],
-        "e2e": {"per_space": cfg.e2e, "seed": cfg.seed, "split": "alternate: calibration, test, calibration, ..."},
-        "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [],
+        "e2e": {"per_space": cfg.e2e, "seed": cfg.seed,
+                "split": ("all calibration" if cfg.split == "calibration" else
+                          "alternate within each set: calibration, test, calibration, ..."),
+                "search_like": cfg.search_like},
+        "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [], "transfer_from": cfg.transfer_from,
     }
 
 
@@ -192,25 +269,41 @@ class Graphs:
 
 def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     """One visit of ``job``: :func:`latency.stats.summarize` of its timings plus the stop reason."""
-    cap = protocol.e2e_time_cap_s if job.kind == "e2e" else protocol.time_cap_s
     t0 = time.perf_counter()
     runnable = graphs.bound(job)
     t1 = time.perf_counter()
-    samples, reason = measure_runnable(graphs.backend, runnable, protocol, cap)
+    samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind))
     s = {**summarize(samples, protocol.rse_method), "stop": reason}
     log.debug("%s %s %s: prepare %.3f s, measure %.3f s, %d runs, %s, p50 %.4f ms, cv %.3f", job.kind, job.label,
               job.ctx, t1 - t0, time.perf_counter() - t1, len(samples), reason, s["latency_p50_ms"], s["cv"])
     return s
 
 
-def rounds(jobs: list[Job], protocol: Protocol) -> list[tuple[int, Job]]:
+def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None = None) -> list[tuple[int, Job]]:
     """(visit, job) in measurement order: round v measures every entry once, in its own seeded order."""
-    out = [(0, j) for j in jobs]
-    for v in range(1, protocol.visits):
+    out = []
+    for v in range(first, protocol.visits if last is None else last):
         order = list(jobs)
-        random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
+        if v:
+            random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
         out += [(v, j) for j in order]
     return out
+
+
+def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
+                 session: dict) -> None:
+    """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
+    (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached."""
+    todo = [(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)]
+    bar.add(len(todo))
+    for v in range(protocol.visits, max(protocol.visits, protocol.max_visits) + 1):
+        for w, job in todo:
+            bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
+            journal.add(job, w, measure_visit(graphs, job, protocol))
+            session["visits_measured"] += 1
+            bar.advance()
+        todo = [(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)]
+        bar.add(len(todo))
 
 
 def _lock(folder: Path):
@@ -270,24 +363,28 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                 quick = Protocol(min_runs=5, time_cap_s=0.1, target_rse=0.005) if cfg.quick else None
                 meta["roofline"] = measure_roofline(backend, quick)
                 write_meta(folder, meta)
-            journal = Journal(folder, jobs, cfg.protocol)
-            todo = [(v, j) for v, j in rounds(jobs, cfg.protocol) if journal.wants(j, v)]
             retest = [] if meta.get("retest") else retest_sample(jobs, cfg.protocol)
+            derived = meta.get("derived_archs")
+            later = derived_jobs(cfg, derived, jobs) if derived else []
+            journal = Journal(folder, jobs + retest + later, cfg.protocol)
             graphs = Graphs(backend, cfg.seed)
-            bar = Progress(len(todo) + len(retest) * cfg.protocol.visits, enabled=progress)
+            bar = Progress(0, enabled=progress)
             with journal:
                 journal.finish_complete()
-                for v, job in todo:
-                    bar.show(f"{job.label} {job.ctx} (visit {v + 1}/{cfg.protocol.visits})")
-                    journal.add(job, v, measure_visit(graphs, job, cfg.protocol))
-                    session["visits_measured"] += 1
-                    bar.advance()
+                measure_jobs(journal, graphs, _shuffled(jobs + retest, cfg.seed) if retest else jobs, cfg.protocol,
+                             bar, session)
+                if cfg.search_like and not derived:
+                    meta["derived_archs"] = derived = derive_archs(cfg, folder, meta)
+                    write_meta(folder, meta)
+                    later = derived_jobs(cfg, derived, jobs)
+                    journal.extend(later)
+                measure_jobs(journal, graphs, later, cfg.protocol, bar, session)
             ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
             e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
             check_unique(folder / "ops.csv", ops, OPS_KEY)
             check_unique(folder / "e2e.csv", e2e, E2E_KEY)
             if retest:
-                meta["retest"] = run_retest(graphs, retest, ops + e2e, cfg.protocol, bar)
+                meta["retest"] = retest_result(journal, retest, ops + e2e)
             bar.close()
             rows = roofline_rows(ops, meta["roofline"])
             write_roofline_csv(folder / "roofline.csv", rows)
@@ -304,19 +401,16 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
 
 
 def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
+    """A seeded sample of entries to measure a second time, as separate entries (:attr:`Job.retest`) whose
+    visits share the main rounds."""
     k = min(len(jobs), max(protocol.retest_min, round(protocol.retest_fraction * len(jobs))))
-    return random.Random(protocol.seed + 1).sample(jobs, k)
+    return [replace(j, retest=True) for j in random.Random(protocol.seed + 1).sample(jobs, k)]
 
 
-def run_retest(graphs: Graphs, jobs: list[Job], rows: list[dict], protocol: Protocol, bar: Progress) -> dict:
-    """Measure ``jobs`` again (all visits, in rounds); their agreement with the stored medians."""
+def retest_result(journal: Journal, jobs: list[Job], rows: list[dict]) -> dict:
+    """Agreement of the retest measurements with the stored rows of the same entries."""
     first = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
-    visits: dict[tuple, list[dict]] = {j.key: [] for j in jobs}
-    for v, job in rounds(jobs, replace(protocol, seed=protocol.seed + 1)):
-        bar.show(f"retest {job.label} {job.ctx} (visit {v + 1}/{protocol.visits})")
-        visits[job.key].append(measure_visit(graphs, job, protocol))
-        bar.advance()
-    second = {j.key: combine_visits(visits[j.key])["latency_p50_ms"] for j in jobs}
+    second = {j.key: combine_visits(journal.visits_of(j))["latency_p50_ms"] for j in jobs}
     by_kind = {}
     for kind in ("op", "e2e"):
         ks = [j.key for j in jobs if j.kind == kind]
@@ -325,7 +419,8 @@ def run_retest(graphs: Graphs, jobs: list[Job], rows: list[dict], protocol: Prot
             by_kind[kind] = {k: agreement.get(k) for k in ("n", "median_abs_diff_pct", "median_signed_diff_pct")}
     entries = [{"entry": f"{j.label} {j.ctx}", "first_ms": first[j.key], "second_ms": second[j.key]} for j in jobs]
     return {**retest_agreement([first[j.key] for j in jobs], [second[j.key] for j in jobs]), "by_kind": by_kind,
-            "when": "after all entries; every visit again, in rounds", "entries": entries}
+            "when": "interleaved: each sampled entry measured again as a separate entry in the same rounds "
+                    "(same visits and retake rules)", "entries": entries}
 
 
 def _loadavg() -> list[float] | None:

@@ -12,13 +12,20 @@ class Progress:
     (unbiased, as entries come in random order)."""
 
     def __init__(self, total: int, enabled: bool = True, desc: str = "profile") -> None:
-        self.total, self.done, self.enabled = total, 0, enabled and total > 0
+        self.total, self.done, self.enabled = total, 0, enabled
         self.t0 = self.last = time.monotonic()
         self.bar = None
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="entry", dynamic_ncols=True, file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        """``n`` more entries to come (planned as the run goes: extra visits, searched architectures)."""
+        self.total += n
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def show(self, what: str) -> None:
         if self.bar is not None:

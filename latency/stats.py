@@ -10,7 +10,7 @@ A backend returns a list of seconds, one per run; :func:`summarize` turns it int
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -30,21 +30,42 @@ class Protocol:
     target_rse: float = 0.01  # a visit stops once the relative standard error of its median is at most this
     time_cap_s: float = 0.15  # ... or once an op entry's visit has been timed this long (min_runs still apply)
     e2e_time_cap_s: float = 0.6  # the same cap for a whole architecture's visit
+    e2e_warmup_runs: int = 3  # a whole model's visit warms up longer (its first runs touch every weight) ...
+    e2e_warmup_min_s: float = 0.1  # ... at least this many runs and seconds
+    e2e_min_runs: int = 8  # a whole model's visit times at least this many runs (5 runs let MAD stop on luck)
     visits: int = 3  # each entry is measured in this many visits, in separate shuffled rounds over all entries
+    retake_spread: float = 0.05  # an entry whose visits' medians spread more than this (of their median) ...
+    max_visits: int = 5  # ... gets more visits, in extra shuffled rounds, up to this many (a disturbed visit)
     statistic: str = "median"  # latency_p50_ms: the median of the visits' medians (p10/p90 likewise); CV pooled
     rse_method: str = "mad"  # standard error of the median: 1.2533 * 1.4826 * MAD / sqrt(n) (robust to outliers)
     order: str = "shuffled"  # each round measures the entries in a seeded random order (drift favours no op)
     seed: int = 0  # the order's and the retest sample's seed
-    retest_fraction: float = 0.05  # share of entries measured again (all visits) at the end: test-retest
+    retest_fraction: float = 0.05  # share of entries measured a second time, as separate entries: test-retest
     retest_min: int = 20  # ... at least this many
+    retest: str = "interleaved"  # the second measurement's visits share the main rounds (slow drift hits both)
+
+    def for_kind(self, kind: str) -> Protocol:
+        """The rules one visit of an ``op`` or ``e2e`` entry follows (whole models: their own warm-up, runs, cap)."""
+        if kind != "e2e":
+            return self
+        return replace(self, warmup_runs=self.e2e_warmup_runs, warmup_min_s=self.e2e_warmup_min_s,
+                       min_runs=self.e2e_min_runs, time_cap_s=self.e2e_time_cap_s)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> Protocol:
+        """The protocol stored in a profile. A profile written before a field existed was measured without it:
+        such fields take the value that reproduces the old rules (:data:`LEGACY`), not today's default."""
         names = {f.name for f in fields(Protocol)}
-        return Protocol(**{k: v for k, v in d.items() if k in names})
+        legacy = {k: (d.get(v, getattr(Protocol, v)) if isinstance(v, str) else v) for k, v in LEGACY.items()}
+        return Protocol(**{**legacy, **{k: v for k, v in d.items() if k in names}})
+
+
+# fields added after profiles were shipped -> the old behaviour: another field's value (a name) or a constant
+LEGACY = {"e2e_warmup_runs": "warmup_runs", "e2e_warmup_min_s": "warmup_min_s", "e2e_min_runs": "min_runs",
+          "retake_spread": float("inf"), "max_visits": 0, "retest": "after"}
 
 
 def as_array(samples_s) -> np.ndarray:
@@ -135,6 +156,22 @@ def combine_visits(visits: list[dict]) -> dict:
         "visits": len(visits),
         "visit_spread": round(float((p50s.max() - p50s.min()) / p50), 6) if p50 > 0 else 0.0,
     }
+
+
+def wants_retake(visit_p50_ms, protocol: Protocol) -> bool:
+    """Whether an entry needs another visit: all ``protocol.visits`` taken, fewer than ``max_visits``, and the
+    visits' medians spread more than ``retake_spread`` of their median (load disturbed one of them).
+
+    >>> p = Protocol()
+    >>> wants_retake([1.0, 1.01, 1.2], p), wants_retake([1.0, 1.01, 1.02], p), wants_retake([1.0, 1.2], p)
+    (True, False, False)
+    """
+    n = len(visit_p50_ms)
+    if n < protocol.visits or n >= protocol.max_visits:
+        return False
+    x = np.asarray(visit_p50_ms, dtype=np.float64)
+    med = float(np.median(x))
+    return med > 0 and float(x.max() - x.min()) / med > protocol.retake_spread
 
 
 def stop_reason(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> str | None:

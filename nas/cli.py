@@ -168,6 +168,9 @@ def _profile_args(p):
     p.add_argument("--e2e", type=int, default=None, help="whole sampled architectures per space")
     p.add_argument("--out", required=True, help="profile folder to write (resumed if it exists)")
     p.add_argument("--quick", action="store_true", help="reduced grid, about a minute (demo, tests)")
+    p.add_argument("--search-like", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time homogeneous, extreme and latency-searched architectures whole, for the "
+                        "calibration (default: on, off with --quick)")
     p.add_argument("--force-new", action="store_true", help="start a new folder if OUT holds another profile")
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)

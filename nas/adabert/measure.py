@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
 import torch
@@ -41,22 +40,6 @@ def bert_base(num_labels: int = 2) -> nn.Module:
     return BertForSequenceClassification(cfg).eval()
 
 
-def measure_in_rounds(backend, entries: dict[str, object], protocol, seed: int = 0) -> dict[str, dict]:
-    """Time prepared runnables in ``protocol.visits`` shuffled rounds; per entry the combined visit statistics."""
-    from latency.measure import measure_runnable
-    from latency.stats import combine_visits, summarize
-
-    rng = random.Random(seed)
-    visits: dict[str, list] = {k: [] for k in entries}
-    for _ in range(protocol.visits):
-        order = list(entries)
-        rng.shuffle(order)
-        for name in order:
-            samples, reason = measure_runnable(backend, entries[name], protocol, protocol.e2e_time_cap_s)
-            visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason})
-    return {k: combine_visits(v) for k, v in visits.items()}
-
-
 def same_device(prof, backend) -> list[str]:
     """Differences between the profile's device/backend and this machine's (empty: same device)."""
     from latency.device import fingerprint
@@ -74,7 +57,7 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
     Returns ``(stats per name, differences between the profile's device and this machine)``.
     """
     from latency.backends.base import get_backend
-    from latency.measure import EXPORT_CTX, token_inputs
+    from latency.measure import EXPORT_CTX, measure_in_rounds, token_inputs
     from latency.stats import Protocol
     from nas.spaces import get_space
 
@@ -135,4 +118,4 @@ def _budget(out: Path) -> float | None:
     return json.loads((out / "config.json").read_text()).get("budget_ms")
 
 
-__all__ = ["measure_report", "measure_models", "measure_in_rounds", "bert_base", "same_device"]
+__all__ = ["measure_report", "measure_models", "bert_base", "same_device"]

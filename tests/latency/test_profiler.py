@@ -23,6 +23,7 @@ from latency.table import (
     load_profile,
     read_rows,
 )
+from nas.arch import Architecture
 from nas.cli import main
 from nas.errors import HwnasError
 
@@ -31,7 +32,8 @@ CLI_TINY = ["--space", "adabert,nasbert", "--preset", "tiny", "--quick"]
 
 
 def tiny_config(**kw) -> ProfileConfig:
-    base = dict(spaces=TINY, batch=(1,), seq_len=(16,), e2e=2, protocol=quick_protocol(Protocol()), quick=True)
+    base = dict(spaces=TINY, batch=(1,), seq_len=(16,), e2e=2, protocol=quick_protocol(Protocol()), quick=True,
+                search_like=True, search_fractions=(0.5,))
     return ProfileConfig(**{**base, **kw})
 
 
@@ -49,7 +51,7 @@ def tiny_profile(tmp_path_factory):
 
 
 def test_plan_is_seeded_and_complete():
-    cfg = tiny_config(batch=(1, 2), seq_len=(16, 32), e2e=4)
+    cfg = tiny_config(batch=(1, 2), seq_len=(16, 32), e2e=4, search_like=False)
     jobs = plan_jobs(cfg)
     assert [j.key for j in jobs] == [j.key for j in plan_jobs(cfg)]
     assert [j.key for j in jobs] != [j.key for j in plan_jobs(replace(cfg, seed=1))]
@@ -62,6 +64,20 @@ def test_plan_is_seeded_and_complete():
     assert kinds[: len(kinds) // 2].count("e2e") > 0  # interleaved, not all ops first
 
 
+def test_plan_has_homogeneous_architectures_in_both_splits():
+    from latency.archsets import homogeneous_archs
+
+    cfg = tiny_config(e2e=4)
+    jobs = [j for j in plan_jobs(cfg) if j.kind == "e2e"]
+    random = {j.graph for j in plan_jobs(replace(cfg, search_like=False)) if j.kind == "e2e"}
+    for space in cfg.load_spaces():
+        homo = {a.key for a in homogeneous_archs(space)}
+        assert len(homo) == {"adabert": 9, "nasbert": 4 * 2}[space.name]  # tiny: 9 edge ops; 4 kinds x 2 widths
+        planned = {j.graph: j.split for j in jobs if j.graph in homo - random}
+        assert set(planned) == homo - random and set(planned.values()) == {"calibration", "test"}
+    assert len({j.key for j in jobs}) == len(jobs)
+
+
 def test_context_beyond_the_position_table_is_refused():
     with pytest.raises(HwnasError, match=r"--seq-len 256 exceeds .*max_len=128"):
         plan_jobs(tiny_config(seq_len=(256,)))
@@ -70,7 +86,13 @@ def test_context_beyond_the_position_table_is_refused():
 def test_profile_rows_protocol_roofline_retest(tiny_profile):
     out, result = tiny_profile
     p = load_profile(out)
-    assert sorted(keys(out)) == sorted(j.key for j in plan_jobs(tiny_config()))
+    derived = p.meta["derived_archs"]
+    assert set(derived["archs"]) == {"adabert", "nasbert"} and derived["reference"] == [1, 16]
+    planned = {j.key for j in plan_jobs(tiny_config())}
+    searched = set(keys(out)) - planned
+    assert planned <= set(keys(out)) and len(keys(out)) == len(set(keys(out)))
+    assert {k[0] for k in searched} <= {Architecture.from_dict(a).key for v in derived["archs"].values() for a in v}
+    assert len(searched) >= 2  # the fastest or slowest architecture may already be a homogeneous one
     assert result["status"] == "complete" and result["ops_rows"] == len(p.ops) and result["e2e_rows"] == len(p.e2e)
     assert (p.ops["latency_p10_ms"] <= p.ops["latency_p50_ms"]).all()
     assert (p.ops["latency_p50_ms"] <= p.ops["latency_p90_ms"]).all()
@@ -84,6 +106,8 @@ def test_profile_rows_protocol_roofline_retest(tiny_profile):
     assert m["grid"] == {"batch": [1], "seq_len": [16]} and m["created"] and m["tool_version"]
     assert m["roofline"]["peak_gflops"] > 0 and m["roofline"]["bandwidth_gbs"] > 0
     assert m["retest"]["n"] >= 5 and m["retest"]["median_abs_diff_pct"] >= 0
+    assert m["retest"]["when"].startswith("interleaved")
+    assert any(g.startswith("retest:") for g, *_ in visit_keys(out))
     assert (out / "roofline.csv").read_text().startswith("op_key,")
 
 
@@ -131,7 +155,7 @@ def test_refuses_another_fingerprint_and_a_corrupt_table(tiny_profile, tmp_path,
     meta = json.loads((out / "profile.json").read_text())
     meta["device"]["onnxruntime"] = "1.0.0"
     (foreign / "profile.json").write_text(json.dumps(meta))
-    argv = ["profile", "--out", str(foreign), *CLI_TINY, "--batch", "1", "--seq-len", "16", "--e2e", "2"]
+    argv = ["profile", "--out", str(foreign), *CLI_TINY, "--search-like", "--batch", "1", "--seq-len", "16", "--e2e", "2"]
     rc, _, err = _cli(argv, capsys)
     assert rc == 2 and "device.onnxruntime '1.0.0'" in err and len(err.strip().splitlines()) == 1
     meta["device"]["onnxruntime"] = json.loads((out / "profile.json").read_text())["device"]["onnxruntime"]
@@ -160,7 +184,7 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "killed"
     argv = [sys.executable, "-m", "nas.cli", "profile", "--out", str(out), *CLI_TINY, "--batch", "1,2",
             "--seq-len", "16,32", "--e2e", "2", "--json"]
-    expected = sorted(j.key for j in plan_jobs(tiny_config(batch=(1, 2), seq_len=(16, 32))))
+    expected = sorted(j.key for j in plan_jobs(tiny_config(batch=(1, 2), seq_len=(16, 32), search_like=False)))
     for ready in (lambda: len(visit_keys(out)) >= 5, lambda: len(keys(out)) >= 3):
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
@@ -176,11 +200,16 @@ def test_resume_after_sigkill(tmp_path):
         assert len(visits) == len(set(visits)) and 0 < len(visits) < 2 * len(expected)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["visits_measured_now"] == 2 * len(expected) - len(visits)
+    before = len(visits)
     final, visits = keys(out), visit_keys(out)
+    assert json.loads(done.stdout)["visits_measured_now"] == len(visits) - before
     assert sorted(final) == expected and len(final) == len(set(final))
     assert not (out / ".work").exists() and not (out / ".lock").exists()  # scratch of the killed runs cleared
-    assert len(visits) == len(set(visits)) == 2 * len(expected)
+    per_entry = {}
+    for g, b, s, v in visits:
+        per_entry.setdefault((g, b, s), []).append(v)
+    assert len(visits) == len(set(visits))
+    assert all(sorted(v) == list(range(len(v))) and 2 <= len(v) <= 3 for v in per_entry.values())  # retakes: <= 3
     assert load_profile(out).meta["status"] == "complete"
 
 
