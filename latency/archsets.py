@@ -46,7 +46,7 @@ def homogeneous_archs(space: SearchSpace) -> list[Architecture]:
         for t in p.op_templates():
             by_kind.setdefault(t.split(":")[0], []).append(t)
         n = len(p.hiddens)
-        for kind, templates in by_kind.items():
+        for templates in by_kind.values():
             for w, h in enumerate(p.hiddens):
                 t = templates[round(w * (len(templates) - 1) / max(n - 1, 1))]
                 choices = {d.name: (h if d.name.endswith(".hidden") else t) for d in space.decisions()}

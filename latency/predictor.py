@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from latency.calibration import FULL, Calibration, Row, fit_calibration
+from latency.calibration import FULL, Calibration, CalibrationSpec, Row, fit_calibration
 from latency.loss import CostModel, build_cost_model
 from latency.lut import OpTable
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
@@ -306,7 +306,8 @@ def e2e_rows(pred: Predictor, profile: ProfileData, split: str) -> list[Row]:
     return rows
 
 
-def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed: int = 0) -> Predictor:
+def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed: int = 0,
+        spec: CalibrationSpec = FULL) -> Predictor:
     """Fit a predictor of ``kind`` (default :data:`DEFAULT_KIND`) on a profile folder.
 
     Calibration uses only the ``calibration`` split of ``e2e.csv``; the ``test`` split is for evaluation.
@@ -328,7 +329,7 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
                        profile=profile_hash(prof.meta), meta=meta)
     if kind.endswith("+calibration"):
         rows = e2e_rows(pred, prof, "calibration")
-        pred.add_layer(rows)
+        pred.add_layer(rows, spec)
         pred.meta["calibration_rows"] = len(rows)
     return pred
 

@@ -39,7 +39,7 @@ def fit_cli(args) -> int:
         if args.e2e_only:
             raise PredictorError("--e2e-only needs --from SOURCE_PROFILE (the predictor to adapt)")
         prof = read_profile(args.profile)
-        pred = fit(prof, args.kind)
+        pred = fit_transfer_again(prof, args.kind) if prof.meta.get("transfer_from") else fit(prof, args.kind)
     pred.save(out)
     summary = {"predictor": pred.kind, "path": str(out), "spaces": [s["name"] for s in pred.spaces],
                "calibration_rows": pred.meta.get("calibration_rows"), "shots": pred.meta.get("shots")}
@@ -53,6 +53,22 @@ def fit_cli(args) -> int:
         f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()]
     _emit(summary, args.json, "\n".join(lines))
     return 0
+
+
+def fit_transfer_again(prof, kind: str | None):
+    """Refit a ``--transfer-from`` profile's predictor: from its source profile, which must be unchanged."""
+    from latency.profile_data import data_hash, profile_hash
+    from latency.transfer import fit_transfer
+
+    t = prof.meta["transfer_from"]
+    try:
+        src = read_profile(t["path"])
+    except PredictorError:
+        src = read_profile(t["name"])
+    if profile_hash(src.meta) != t["profile"] or data_hash(src.path) != t["data_hash"]:
+        raise PredictorError(f"{prof.path} was measured as a transfer from {t['name']}, whose tables have changed "
+                             f"since; measure again with `hwnas profile --transfer-from {t['name']} --out NEW`")
+    return fit_transfer(src, prof, kind)
 
 
 def predict_cli(args) -> int:

@@ -52,12 +52,36 @@ def config_from_args(args) -> ProfileConfig:
     )
 
 
+def transfer_main(args) -> dict:
+    """``hwnas profile --transfer-from SRC``: the short measurement, then the new device's predictor."""
+    from latency.profile_data import read_profile
+    from latency.transfer import fit_transfer, transfer_config
+
+    given = [f for f, v in (("--batch", args.batch), ("--seq-len", args.seq_len), ("--quick", args.quick),
+                            ("--preset", args.preset), ("--search-like", getattr(args, "search_like", None)))
+             if v not in (None, False)]
+    if given:
+        raise ProfileError(f"--transfer-from takes the spaces and grid of the source profile; drop {', '.join(given)}")
+    src = read_profile(args.transfer_from)
+    cfg = transfer_config(src, args.backend, args.device, args.threads, args.e2e, args.seed)
+    result = run_profile(cfg, args.out, force_new=args.force_new, progress=not args.json)
+    new = read_profile(result["out"])
+    pred = fit_transfer(src, new)
+    pred.save(new.path / "predictor.json")
+    result["predictor"] = {"kind": pred.kind, "path": str(new.path / "predictor.json"), "source": src.name,
+                           "calibration_rows": pred.meta.get("calibration_rows")}
+    return result
+
+
 def profile_main(args) -> int:
     """``hwnas profile``: measure or resume, then print the summary (``--json``: one object)."""
     import json
     import sys
 
-    result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
+    if getattr(args, "transfer_from", None):
+        result = transfer_main(args)
+    else:
+        result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -68,6 +92,10 @@ def profile_main(args) -> int:
           f"{rt.get('median_abs_diff_pct')} %, p90 {rt.get('p90_abs_diff_pct')} %")
     print(f"roofline: peak {r['peak_gflops']} GFLOP/s, bandwidth {r['bandwidth_gbs']} GB/s; ops at median "
           f"{roof.get('median_pct_of_bound')} % of their bound")
+    if r.get("predictor"):
+        pr = r["predictor"]
+        print(f"wrote {pr['path']} ({pr['kind']}): {pr['source']}'s op table scaled to this device, calibrated on "
+              f"{pr['calibration_rows']} whole-model rows")
     if roof.get("n_faster_than_bound"):
         print(f"warning: {roof['n_faster_than_bound']} entries faster than their roofline bound (broken timer or "
               f"FLOP/byte count?), e.g. {roof['faster_than_bound'][:3]}; see roofline.csv", file=sys.stderr)

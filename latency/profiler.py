@@ -55,7 +55,7 @@ from nas.spaces.ops import Context, OpSpec, build_op, get_op
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 16
+DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
 
@@ -76,6 +76,7 @@ class ProfileConfig:
     quick: bool = False  # the reduced --quick grid and protocol
     search_like: bool = True  # also measure homogeneous, extreme and latency-searched architectures whole
     search_fractions: tuple[float, ...] | None = None  # budgets of those searches (None: SEARCH_FRACTIONS)
+    homogeneous: bool | None = None  # the homogeneous ones alone (None: with search_like)
     split: str = "alternate"  # e2e rows: "alternate" calibration / test, or all "calibration" (a transfer profile)
     transfer_from: dict | None = None  # {name, hash} of the profile a --transfer-from measurement adapts
 
@@ -155,7 +156,7 @@ def plan_jobs(cfg: ProfileConfig) -> list[Job]:
     for space in spaces:
         seen: set[str] = set()
         jobs += arch_jobs(sample_archs(space, cfg.e2e, cfg.seed), ctxs, "", cfg.split, seen)
-        if cfg.search_like:
+        if cfg.search_like if cfg.homogeneous is None else cfg.homogeneous:
             jobs += arch_jobs(homogeneous_archs(space), ctxs, "homogeneous", cfg.split, seen)
     return _shuffled(jobs, cfg.seed)
 
@@ -226,7 +227,7 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
         "e2e": {"per_space": cfg.e2e, "seed": cfg.seed,
                 "split": ("all calibration" if cfg.split == "calibration" else
                           "alternate within each set: calibration, test, calibration, ..."),
-                "search_like": cfg.search_like},
+                "search_like": cfg.search_like, "homogeneous": cfg.homogeneous},
         "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [], "transfer_from": cfg.transfer_from,
     }
 

@@ -30,7 +30,7 @@ class Protocol:
     target_rse: float = 0.01  # a visit stops once the relative standard error of its median is at most this
     time_cap_s: float = 0.15  # ... or once an op entry's visit has been timed this long (min_runs still apply)
     e2e_time_cap_s: float = 0.6  # the same cap for a whole architecture's visit
-    e2e_warmup_runs: int = 3  # a whole model's visit warms up longer (its first runs touch every weight) ...
+    e2e_warmup_runs: int = 2  # a whole model's visit warms up longer (its first runs touch every weight) ...
     e2e_warmup_min_s: float = 0.1  # ... at least this many runs and seconds
     e2e_min_runs: int = 8  # a whole model's visit times at least this many runs (5 runs let MAD stop on luck)
     visits: int = 3  # each entry is measured in this many visits, in separate shuffled rounds over all entries

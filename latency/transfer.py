@@ -1,4 +1,12 @@
-"""Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
+"""Transfer to a new device: a few minutes of measurement there instead of a full profile.
+
+``hwnas profile --transfer-from SRC --out NEW`` (:func:`transfer_config`, :func:`fit_transfer`) times every op of
+SRC's spaces at the four corners of SRC's Context grid and a few whole architectures there; the new device's op
+table is SRC's, each op scaled by its own measured ratio (interpolated between the corners), and a calibration
+layer is fitted on the new whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
+one layer on a handful of whole-model rows only (``hwnas fit NEW --from SRC --e2e-only``).
+
+Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
 
 The source predictor's per-op costs are kept; one more calibration layer (:data:`latency.calibration.FEW_SHOT`:
 ``alpha(ctx) = a0 + a1 log batch + a2 log seq_len``, one per-op ``beta`` shared by all kinds and a per-model
@@ -11,7 +19,9 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from latency.calibration import FEW_SHOT
+import pandas as pd
+
+from latency.calibration import FEW_SHOT, CalibrationSpec
 from latency.predictor import OpPredictor, Predictor, e2e_rows, predictor_from_dict
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash
 
@@ -78,4 +88,116 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
                  "profile_name": new.name, "backend": new.meta.get("backend", {}), "shots": len(chosen),
                  "seed": seed, "data_hash": data_hash(new.path)}
     pred.profile = profile_hash(new.meta)
+    return pred
+
+
+# ------------------------------------------------------------------------------------ a new device in minutes
+TRANSFER_E2E = 4  # sampled whole architectures per space a transfer measurement times (plus the homogeneous ones)
+TRANSFER_SPEC = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",),
+                                per_kind=True)  # smooth in the Context: rows exist only at the grid's corners
+
+
+def corners(values: list[int]) -> tuple[int, ...]:
+    """The smallest and the largest of a grid axis."""
+    v = sorted(values)
+    return (v[0], v[-1]) if len(v) > 1 else (v[0],)
+
+
+def check_source(src: ProfileData, device: str) -> None:
+    """Refuse a source profile a transfer cannot start from (one line each, saying what to do)."""
+    from nas.spaces import get_space
+
+    if src.meta.get("transfer_from"):
+        raise PredictorError(f"{src.path} is itself a transfer profile (from {src.meta['transfer_from']['name']}); "
+                             f"transfer from a full profile, e.g. --transfer-from {src.meta['transfer_from']['name']}")
+    if src.ops is None or src.ops.empty:
+        raise PredictorError(f"{src.path} has no op table (ops.csv); transfer from a full profile made by "
+                             f"`hwnas profile`")
+    for s in src.spaces():
+        here = get_space(s["name"], s["preset"])
+        if here.version != s["version"]:
+            raise PredictorError(f"{src.path} was measured on {s['name']} space version {s['version']}, this hwnas "
+                                 f"has version {here.version}: its op table cannot transfer; re-profile the source "
+                                 f"with this version (`hwnas profile`) or profile the new device fully")
+    src_dev = (src.meta.get("backend") or {}).get("device", "cpu")
+    if src_dev != device:
+        raise PredictorError(f"{src.path} is a {src_dev} profile and the new device is {device}: op costs do not "
+                             f"scale alike between a {src_dev} and a {device}, so a transfer cannot work; pick a "
+                             f"{device} source profile or run a full `hwnas profile` on the new device")
+
+
+def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e2e: int | None = None,
+                    seed: int = 0):
+    """The short measurement of a new device: every op of the source's spaces at the corners of its grid, and
+    a few whole architectures (sampled and homogeneous) there, all for calibration."""
+    from dataclasses import replace
+
+    from latency.profiler import ProfileConfig
+    from latency.stats import Protocol
+
+    check_source(src, device)
+    b, s = src.grid()
+    protocol = replace(Protocol(seed=seed), visits=2, max_visits=3, time_cap_s=0.1, e2e_time_cap_s=0.4,
+                       retest_fraction=0.0, retest_min=10)
+    return ProfileConfig(backend=backend, device=device, threads=threads,
+                         spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=corners(b),
+                         seq_len=corners(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
+                         search_like=False, homogeneous=True, split="calibration",
+                         transfer_from={"name": src.name, "path": str(src.path), "profile": profile_hash(src.meta),
+                                        "data_hash": data_hash(src.path)})
+
+
+def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
+    """The source's op table moved to the new device: each op's source milliseconds times its own ratio
+    new / source, measured at the corners of the grid and interpolated bilinearly in (log batch, log seq_len)
+    (held at the nearest corner outside them). An op the new device lacks takes its kind's median ratio."""
+    import numpy as np
+
+    from latency.lut import _axis_weights
+
+    key = ["op_key", "batch", "seq_len"]
+    both = new.ops[key + ["latency_p50_ms"]].merge(src.ops[key + ["kind", "latency_p50_ms"]], on=key,
+                                                    suffixes=("_new", "_src"))
+    if both.empty:
+        raise PredictorError(f"{new.path} and {src.path} share no op measurement; measure the new device with "
+                             f"`hwnas profile --transfer-from {src.path}`")
+    both["log_r"] = np.log(both["latency_p50_ms_new"] / both["latency_p50_ms_src"])
+    gb, gs = sorted(both["batch"].unique()), sorted(both["seq_len"].unique())
+    ratio = {k: g.set_index(["batch", "seq_len"])["log_r"] for k, g in both.groupby("op_key")}
+    by_kind = {k: g.groupby(["batch", "seq_len"])["log_r"].median() for k, g in both.groupby("kind")}
+    out = src.ops.copy()
+    vals = []
+    for key_, kind, bb, ss, ms in zip(out["op_key"], out["kind"], out["batch"], out["seq_len"], out["latency_p50_ms"]):
+        lr = ratio.get(key_)
+        if lr is None or len(lr) < len(gb) * len(gs):
+            lr = by_kind.get(kind, both.groupby(["batch", "seq_len"])["log_r"].median())
+        bi, bj, bt = _axis_weights([int(x) for x in gb], int(bb))
+        si, sj, st = _axis_weights([int(x) for x in gs], int(ss))
+        bt, st = min(max(bt, 0.0), 1.0), min(max(st, 0.0), 1.0)
+        v = ((1 - bt) * (1 - st) * lr[(gb[bi], gs[si])] + bt * (1 - st) * lr[(gb[bj], gs[si])]
+             + (1 - bt) * st * lr[(gb[bi], gs[sj])] + bt * st * lr[(gb[bj], gs[sj])])
+        vals.append(float(ms) * float(np.exp(v)))
+    out["latency_p50_ms"] = vals
+    return out
+
+
+def fit_transfer(src: ProfileData, new: ProfileData, kind: str | None = None, seed: int = 0) -> Predictor:
+    """The new device's predictor from a transfer measurement: :func:`scaled_ops` as its op table (fitted as
+    ``kind``, default the default kind's base) and a calibration layer on its whole-model rows
+    (:data:`TRANSFER_SPEC`)."""
+    from latency.predictor import DEFAULT_KIND, fit
+
+    kind = kind or DEFAULT_KIND
+    if not kind.endswith("+calibration"):
+        raise PredictorError(f"a transfer predictor is calibrated on the new device's whole models; choose a "
+                             f"'+calibration' kind, not {kind!r}")
+    b, s = src.grid()
+    meta = {**new.meta, "grid": {"batch": b, "seq_len": s}}
+    mixed = ProfileData(new.path, meta, scaled_ops(src, new), new.e2e)
+    pred = fit(mixed, kind, seed=seed, spec=TRANSFER_SPEC)
+    pred.kind = f"{kind}+transfer"
+    pred.profile = profile_hash(new.meta)
+    pred.meta = {**pred.meta, "source_profile": src.name, "source_hash": profile_hash(src.meta),
+                 "transfer": "source op table x per-op ratio measured at the grid's corners; calibration on the new "
+                             "device's whole models", "data_hash": data_hash(new.path)}
     return pred

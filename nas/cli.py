@@ -172,6 +172,9 @@ def _profile_args(p):
                    help="also time homogeneous, extreme and latency-searched architectures whole, for the "
                         "calibration (default: on, off with --quick)")
     p.add_argument("--force-new", action="store_true", help="start a new folder if OUT holds another profile")
+    p.add_argument("--transfer-from", default=None, metavar="PROFILE",
+                   help="a new device in about 3 minutes: time PROFILE's ops at the corners of its grid and a few "
+                        "whole models here, and fit a predictor from both (writes OUT/predictor.json)")
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)
 

@@ -83,3 +83,9 @@ def synth_profile_fast(tmp_path_factory) -> Path:
     """The same kind of device, 1.6x faster and with its own rows (for few-shot transfer)."""
     return make_profile(tmp_path_factory.mktemp("profile") / "synthetic_t2", seed=1, scale=0.6,
                         device="synthetic-cpu-2")
+
+
+@pytest.fixture(scope="session")
+def profile_maker():
+    """:func:`make_profile`, for tests that write synthetic profiles of their own."""
+    return make_profile

@@ -1,0 +1,109 @@
+"""A new device in minutes (``hwnas profile --transfer-from``): the source's op table scaled by per-op ratios
+measured at the grid's corners, calibrated on a few whole models; its refusals and its resume."""
+import json
+
+import numpy as np
+import pytest
+
+from latency.evaluate import evaluate
+from latency.measure import quick_protocol
+from latency.profile_data import PredictorError, read_profile
+from latency.profiler import ProfileConfig, run_profile
+from latency.stats import Protocol
+from latency.transfer import check_source, fit_transfer, scaled_ops
+from nas.cli import main
+from nas.spaces import Context, get_space
+
+CORNERS = {"batch": [1, 4], "seq_len": [16, 64]}
+CORNER_CTXS = [Context(b, s) for b in CORNERS["batch"] for s in CORNERS["seq_len"]]
+
+
+def _ratio(kind: str) -> float:
+    return {"mha": 2.0, "ffn": 1.5}.get(kind, 1.2)
+
+
+def test_scaled_ops_moves_each_op_by_its_own_ratio(tmp_path, profile_maker):
+    make_profile = profile_maker
+    src = read_profile(make_profile(tmp_path / "src"))
+    new = read_profile(make_profile(tmp_path / "new", grid=CORNERS, e2e_ctxs=CORNER_CTXS))
+    new.ops["latency_p50_ms"] = [ms * _ratio(k) * float(src.ops.set_index(["op_key", "batch", "seq_len"]).loc[
+        (key, b, s), "latency_p50_ms"]) / ms for key, k, b, s, ms in zip(new.ops["op_key"], new.ops["kind"],
+                                                                      new.ops["batch"], new.ops["seq_len"],
+                                                                      new.ops["latency_p50_ms"])]
+    out = scaled_ops(src, new)
+    assert len(out) == len(src.ops) and set(out["seq_len"]) == {16, 32, 64}  # the source's whole grid
+    ratio = out["latency_p50_ms"].to_numpy() / src.ops["latency_p50_ms"].to_numpy()
+    np.testing.assert_allclose(ratio, [_ratio(k) for k in src.ops["kind"]], rtol=1e-9)
+
+
+def test_transfer_predicts_the_new_device_from_its_corners(tmp_path, profile_maker):
+    """The new device is 1.7x slower with its own noise; only the corners of the grid are measured there."""
+    make_profile = profile_maker
+    src = read_profile(make_profile(tmp_path / "src"))
+    new = read_profile(make_profile(tmp_path / "new", seed=1, scale=1.7, grid=CORNERS, e2e_ctxs=CORNER_CTXS,
+                                    device="synthetic-cpu-2"))
+    pred = fit_transfer(src, new, "lut+calibration")
+    assert pred.kind == "lut+calibration+transfer" and pred.grid == {"batch": [1, 4], "seq_len": [16, 32, 64]}
+    for space, r in evaluate(pred, new).items():  # the new device's held-out whole models
+        assert r["all"]["within_10_pct"] >= 0.9, (space, r["all"])
+    spec = get_space("nasbert", "tiny").unique_ops()[0]
+    src_ms = src.ops.set_index(["op_key", "batch", "seq_len"]).loc[(spec.key, 4, 32), "latency_p50_ms"]
+    assert pred.base_ms([spec], Context(4, 32))[0] == pytest.approx(1.7 * src_ms, rel=0.05)  # an interior point
+    with pytest.raises(PredictorError, match="'\\+calibration' kind"):
+        fit_transfer(src, new, "lut")
+
+
+def test_a_source_that_cannot_transfer_is_refused(tmp_path, profile_maker):
+    src = profile_maker(tmp_path / "src")
+    meta = json.loads((src / "profile.json").read_text())
+    for edit, match in (
+        (lambda m: m["spaces"][0].update(version=99), "space version 99, this hwnas has version 1"),
+        (lambda m: m["backend"].update(device="cuda"), "a cuda profile and the new device is cpu"),
+        (lambda m: m.update(transfer_from={"name": "other"}), "itself a transfer profile"),
+    ):
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        (src / "profile.json").write_text(json.dumps(m))
+        with pytest.raises(PredictorError, match=match):
+            check_source(read_profile(src), "cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    """A real measured tiny profile (3 batch sizes x 2 seq_lens) to transfer from."""
+    out = tmp_path_factory.mktemp("src") / "tiny"
+    cfg = ProfileConfig(spaces=(("adabert", "tiny"), ("nasbert", "tiny")), batch=(1, 2, 4), seq_len=(16, 32), e2e=2,
+                        protocol=quick_protocol(Protocol()), quick=True, search_like=False)
+    run_profile(cfg, out)
+    return out
+
+
+def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_path, capsys):
+    new = tmp_path / "new"
+    argv = ["profile", "--transfer-from", str(tiny_source), "--out", str(new), "--e2e", "1", "--json"]
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["predictor"]["kind"].endswith("+transfer") and r["predictor"]["source"] == "tiny"
+    prof = read_profile(new)
+    assert {(int(b), int(s)) for b, s in zip(prof.ops["batch"], prof.ops["seq_len"])} == {(1, 16), (1, 32), (4, 16),
+                                                                                         (4, 32)}
+    assert set(prof.e2e["split"]) == {"calibration"} and prof.meta["transfer_from"]["name"] == "tiny"
+    saved = json.loads((new / "predictor.json").read_text())
+    assert saved["grid"] == {"batch": [1, 2, 4], "seq_len": [16, 32]}  # the source's grid
+    # the same command again: nothing measured, the predictor refitted the same way
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["visits_measured_now"] == 0
+    assert main(["fit", str(new), "--json"]) == 0  # `hwnas fit` on a transfer profile goes back to its source
+    assert json.loads(capsys.readouterr().out)["predictor"].endswith("+transfer")
+    arch = tmp_path / "a.json"
+    assert main(["sample", "--space", "nasbert", "--preset", "tiny", "--seed", "1", "--out", str(arch)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(new), str(arch), "--batch", "2", "--seq-len", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
+    # bad input: one line each
+    for extra, match in ((["--batch", "1"], "drop --batch"), (["--quick"], "drop --quick")):
+        assert main([*argv[:-1], *extra]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1
+    assert main(["profile", "--transfer-from", str(new), "--out", str(tmp_path / "again")]) == 2
+    assert "itself a transfer profile" in capsys.readouterr().err
