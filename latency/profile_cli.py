@@ -110,9 +110,16 @@ def measure_main(args) -> int:
     from nas.arch import Architecture
 
     arch = Architecture.load(args.arch)
-    protocol = Protocol()
-    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=args.backend, device=args.device,
-                     threads=args.threads, protocol=protocol)
+    backend, device, threads, protocol = args.backend, args.device, args.threads, Protocol()
+    if getattr(args, "profile", None):  # the profile's backend, threads and protocol: comparable with its rows
+        from latency.table import read_meta, resolve
+
+        meta = read_meta(resolve(args.profile))
+        b = meta["backend"]
+        backend, device, threads = b["name"], b.get("device", "cpu"), int(b["threads"])
+        protocol = Protocol.from_dict(meta["protocol"])
+    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=backend, device=device, threads=threads,
+                     protocol=protocol)
     r["protocol"] = protocol.to_dict()
     if args.json:
         print(json.dumps(r))

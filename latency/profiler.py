@@ -182,11 +182,10 @@ def derive_archs(cfg: ProfileConfig, folder: Path, meta: dict) -> dict:
     import pandas as pd
 
     from latency.archsets import SEARCH_FRACTIONS, extreme_archs, searched_archs
-
-    fractions = cfg.search_fractions or SEARCH_FRACTIONS
     from latency.predictor import fit
     from latency.profile_data import ProfileData
 
+    fractions = cfg.search_fractions or SEARCH_FRACTIONS
     t0 = time.perf_counter()
     ops = pd.DataFrame(read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS))
     pred = fit(ProfileData(folder, meta, ops, None), "lut")

@@ -190,7 +190,9 @@ def cmd_measure(args):
 
 cmd_measure.arguments(lambda p: (
     p.add_argument("arch"), p.add_argument("--backend", default="onnxruntime"), p.add_argument("--device", default="cpu"),
-    p.add_argument("--threads", type=int, default=1), _add_ctx(p), _add_json(p)))
+    p.add_argument("--threads", type=int, default=1),
+    p.add_argument("--profile", default=None, help="take the backend, threads and protocol of this profile (its "
+                   "whole-model rows and this measurement are then comparable)"), _add_ctx(p), _add_json(p)))
 
 
 @command("fit", "Fit a latency predictor from a profile folder (writes PROFILE/predictor.json).",

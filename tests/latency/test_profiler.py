@@ -231,3 +231,15 @@ def test_measure_json(tmp_path, capsys):
     assert {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "batch", "seq_len", "flops",
             "params", "backend", "version", "threads", "protocol", "arch_json"} <= set(r)
     assert r["batch"] == 2 and r["backend"] == "onnxruntime" and r["n_runs"] >= r["protocol"]["min_runs"]
+
+
+def test_measure_with_a_profiles_protocol(tiny_profile, tmp_path, capsys):
+    out, _ = tiny_profile
+    assert main(["sample", "--space", "adabert", "--preset", "tiny", "--seed", "2", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    rc, stdout, _ = _cli(["measure", str(tmp_path / "a.json"), "--profile", str(out), "--batch", "1", "--seq-len", "16",
+                          "--json"], capsys)
+    r = json.loads(stdout)
+    stored = json.loads((out / "profile.json").read_text())["protocol"]
+    assert rc == 0 and r["protocol"] == Protocol.from_dict(stored).to_dict()
+    assert 2 <= r["visits"] <= stored["max_visits"] and r["n_runs"] >= 2 * stored["cap_min_runs"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from latency.stats import (
+    LEGACY,
     Protocol,
     as_array,
     combine_visits,
@@ -14,6 +15,7 @@ from latency.stats import (
     rse_median,
     stop_reason,
     summarize,
+    wants_retake,
 )
 
 # 40 saved timings (s) of ffn:inner=1024|h=256 at b8_s128 on onnxruntime, one thread; two slow outliers
@@ -128,3 +130,22 @@ def test_combine_visits_outvotes_a_spoiled_visit_and_pools_the_cv():
     assert one["latency_p50_ms"] == summarize(a)["latency_p50_ms"] and one["visit_spread"] == 0.0
     with pytest.raises(ValueError):
         combine_visits([])
+
+
+def test_whole_models_follow_their_own_visit_rules_and_old_profiles_keep_theirs():
+    p = Protocol()
+    e2e = p.for_kind("e2e")
+    assert (e2e.warmup_runs, e2e.warmup_min_s, e2e.min_runs, e2e.time_cap_s) == (
+        p.e2e_warmup_runs, p.e2e_warmup_min_s, p.e2e_min_runs, p.e2e_time_cap_s)
+    assert p.for_kind("op") == p
+    old = {k: v for k, v in p.to_dict().items() if k not in LEGACY}  # a profile written before these fields
+    legacy = Protocol.from_dict({**old, "warmup_runs": 1, "min_runs": 5})
+    assert (legacy.e2e_warmup_runs, legacy.e2e_min_runs, legacy.max_visits, legacy.retest) == (1, 5, 0, "after")
+    assert not wants_retake([1.0, 2.0, 3.0], legacy)  # no retakes: the old rule
+
+
+def test_retake_rule():
+    p = Protocol(visits=3, max_visits=5, retake_spread=0.05)
+    assert not wants_retake([1.0, 1.5], p)  # visits still to come
+    assert wants_retake([1.0, 1.02, 1.1], p) and not wants_retake([1.0, 1.02, 1.04], p)
+    assert wants_retake([1.0, 1.02, 1.1, 1.2], p) and not wants_retake([1.0, 1.02, 1.1, 1.2, 1.3], p)  # at most 5

@@ -1,0 +1,144 @@
+"""A new device in three minutes -> benchmarks/results/transfer.json.
+
+For each target device that has a full profile of this machine (default: onnxruntime 2 threads and torch 1
+thread, sources: the onnxruntime 1-thread profile), run what a user with a new device runs,
+``hwnas profile --transfer-from SOURCE --backend B --threads T --out runs/transfer/<target>`` (timed: the minutes
+the measurement took), and judge its predictor on the target's *full* profile's ``test`` split (never measured
+by the transfer; rows of architectures the transfer also timed, such as the homogeneous ones, are left out):
+share within +-10 % / +-5 %, MAPE, Spearman per Context (min and mean). Beside it, on the same
+rows: the target's own full-profile predictor, and the older few-shot transfer (``hwnas fit --from SOURCE
+--e2e-only --shots 20``, mean of 3 seeds).
+
+Targets: >= 90 % within +-10 % and Spearman >= 0.95 per Context, in <= 3 minutes of measurement.
+
+Run with nothing else running (it measures):
+``python benchmarks/transfer_profile.py --source profiles/X_t1 --target profiles/X_t2 --target profiles/X_torch``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency.evaluate import evaluate  # noqa: E402
+from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
+from latency.profile_data import read_profile  # noqa: E402
+from latency.transfer import fit_transfer, transfer, transfer_config  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "transfer.json"
+KEYS = ("n", "within_10_pct", "within_5_pct", "mape_pct")
+
+
+def judged(pred, target) -> dict:
+    """Per space on the target's test split: the pooled figures and the Spearman per Context (min, mean)."""
+    out = {}
+    for space, r in evaluate(pred, target).items():
+        rho = [m["spearman"] for m in r["contexts"].values() if m["spearman"] is not None]
+        out[space] = {**{k: r["all"][k] for k in KEYS}, "spearman_min_ctx": float(np.min(rho)),
+                      "spearman_mean_ctx": float(np.mean(rho))}
+    return out
+
+
+def as_target(pred, target):
+    """A predictor judged on the target's rows: it must carry the target's fingerprint to be evaluated there."""
+    from latency.predictor import predictor_from_dict
+    from latency.profile_data import profile_hash
+
+    p = predictor_from_dict(pred.to_dict())
+    p.profile = profile_hash(target.meta)
+    return p
+
+
+def unseen(target, seen: set[str]):
+    """The target's profile without the whole-model rows of architectures in ``seen``."""
+    from latency.profile_data import ProfileData
+
+    return ProfileData(target.path, target.meta, target.ops, target.e2e[~target.e2e["arch_json"].isin(seen)])
+
+
+def one(source, target, out_dir: Path, seed: int) -> dict:
+    from latency.profiler import run_profile
+
+    b = target.meta["backend"]
+    cfg = transfer_config(source, b["name"], b.get("device", "cpu"), int(b["threads"]), seed=seed)
+    t0 = time.perf_counter()
+    summary = run_profile(cfg, out_dir / target.name, progress=True)
+    new = read_profile(summary["out"])
+    pred = fit_transfer(source, new)
+    pred.save(new.path / "predictor.json")
+    wall = time.perf_counter() - t0
+    sessions = new.meta.get("sessions", [])
+    measured_s = sum(s.get("wall_s") or 0 for s in sessions)
+    src_pred = load_predictor(source.path) if (source.path / "predictor.json").is_file() else fit(source)
+    target = unseen(target, set(new.e2e["arch_json"]))  # judge on architectures the transfer never measured
+    few = [judged(as_target(transfer(src_pred, target, shots=20, seed=s), target), target) for s in (0, 1, 2)]
+    row = {
+        "source": source.name, "target": target.name, "transfer_profile": str(new.path.relative_to(ROOT))
+        if new.path.is_relative_to(ROOT) else str(new.path),
+        "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
+        "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
+        "transfer": judged(as_target(pred, target), target),
+        "full_profile": judged(fit(target, DEFAULT_KIND), target),
+        "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in few[0][space]}
+                        for space in few[0]},
+    }
+    for label in ("transfer", "full_profile", "few_shot_20"):
+        print(f"{source.name} -> {target.name} {label:12s} " + "  ".join(
+            f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} rho_min={m['spearman_min_ctx']:.3f}"
+            for s, m in row[label].items()), flush=True)
+    print(f"  measured {row['measurement_minutes']} min", flush=True)
+    return row
+
+
+def markdown(res: dict) -> str:
+    lines = ["| source -> target | predictor | minutes measured | space | n | +-10% | +-5% | MAPE % | "
+             "rho min / mean per Context |", "|" + "---|" * 9]
+    for r in res["rows"]:
+        for label, minutes in (("transfer (3-minute)", r["measurement_minutes"]),
+                               ("full profile", r.get("full_profile_minutes")), ("few-shot, 20 shots", None)):
+            key = {"transfer (3-minute)": "transfer", "full profile": "full_profile"}.get(label, "few_shot_20")
+            for space, m in r[key].items():
+                lines.append(f"| {r['source']} -> {r['target']} | {label} | {minutes if minutes is not None else '-'} "
+                             f"| {space} | {m['n']} | {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% "
+                             f"| {m['mape_pct']:.1f} | {m['spearman_min_ctx']:.3f} / {m['spearman_mean_ctx']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", required=True, help="the full profile to transfer from")
+    ap.add_argument("--target", action="append", required=True, help="a full profile of the new device (repeat)")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "transfer"), help="where the transfer profiles go")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--seed", type=int, default=1, help="the transfer's seed (1: other sampled architectures than "
+                    "the full profiles' seed 0)")
+    ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
+    args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
+    source = read_profile(args.source)
+    rows = []
+    for t in args.target:
+        target = read_profile(t)
+        row = one(source, target, Path(args.runs), args.seed)
+        row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
+        rows.append(row)
+    res = {"source": source.name, "rows": rows,
+           "targets": ">= 90 % within +-10 % and Spearman >= 0.95 per Context on the target's full-profile test split, "
+                      "<= 3 minutes of measurement"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
