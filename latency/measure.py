@@ -63,6 +63,8 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     rounds interleave them, so slow drift of the machine moves all alike.
     """
     rules = protocol.for_kind(kind)
+    for r in entries.values():  # every session is fresh here
+        warm_up(backend, r, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
     visits: dict[str, list[dict]] = {k: [] for k in entries}
     for v in range(max(protocol.visits, protocol.max_visits)):
         order = [k for k in entries if v < protocol.visits or wants_retake(
@@ -146,5 +148,6 @@ def check_context(space, ctx: Context) -> None:
 def quick_protocol(protocol: Protocol) -> Protocol:
     """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
     return replace(protocol, warmup_runs=1, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
-                   e2e_warmup_runs=2, e2e_warmup_min_s=0.03, e2e_min_runs=4, visits=2, max_visits=3,
+                   e2e_warmup_runs=2, e2e_warmup_min_s=0.03, e2e_min_runs=4, fresh_warmup_s=0.03, visits=2,
+                   max_visits=3,
                    retest_fraction=0.05, retest_min=5)

@@ -32,7 +32,7 @@ import torch
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
-from latency.measure import EXPORT_CTX, check_context, measure_arch, measure_runnable, token_inputs  # noqa: F401
+from latency.measure import EXPORT_CTX, check_context, measure_arch, measure_runnable, token_inputs, warm_up  # noqa: F401
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
 from latency.stats import Protocol, combine_visits, retest_agreement, summarize
@@ -51,13 +51,14 @@ from latency.table import (
     read_rows,
     write_meta,
 )
-from nas.spaces.ops import Context, OpSpec, build_op, get_op
+from nas.spaces.ops import Context, OpSpec, build_op, get_op, op_params
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
-CACHE_GRAPHS = 24  # prepared graphs (sessions) kept alive at once; others are re-created from their files
+LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
+# used is released and re-created from its file when next needed (then warmed up as fresh)
 
 
 @dataclass
@@ -232,13 +233,15 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
 
 
 class Graphs:
-    """Prepared graphs by key; beyond ``CACHE_GRAPHS`` live ones, the least recently used is released (its
-    exported file stays, so bringing it back costs a session, not an export)."""
+    """Prepared graphs by key; beyond :data:`LIVE_BYTES` of live weights, the least recently used is released (its
+    exported file stays, so bringing it back costs a session, not an export). A small default grid keeps every
+    graph alive, so each is prepared once."""
 
     def __init__(self, backend: Backend, seed: int) -> None:
         self.backend, self.seed = backend, seed
         self.prepared: dict[str, Runnable] = {}
-        self.alive: OrderedDict[str, None] = OrderedDict()
+        self.alive: OrderedDict[str, int] = OrderedDict()  # graph -> bytes of weights
+        self.fresh = False  # whether the last bound() started a session
 
     def inputs(self, job: Job, ctx: Context) -> dict[str, torch.Tensor]:
         if job.kind == "e2e":
@@ -258,9 +261,12 @@ class Graphs:
                     module = build_op(job.spec)
                 r = self.backend.prepare(module, self.inputs(job, EXPORT_CTX))
             self.prepared[job.graph] = r
-        self.alive[job.graph] = None
+        self.fresh = job.graph not in self.alive
+        if self.fresh:
+            self.alive[job.graph] = 4 * (job.arch.get_space().analytic_params(job.arch, NUM_LABELS)
+                                         if job.kind == "e2e" else op_params(job.spec))
         self.alive.move_to_end(job.graph)
-        while len(self.alive) > CACHE_GRAPHS:
+        while sum(self.alive.values()) > LIVE_BYTES and len(self.alive) > 1:
             old, _ = self.alive.popitem(last=False)
             self.prepared[old].release()
         self.backend.bind(r, self.inputs(job, job.ctx))
@@ -271,6 +277,8 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     """One visit of ``job``: :func:`latency.stats.summarize` of its timings plus the stop reason."""
     t0 = time.perf_counter()
     runnable = graphs.bound(job)
+    if graphs.fresh:
+        warm_up(graphs.backend, runnable, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
     t1 = time.perf_counter()
     samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind))
     s = {**summarize(samples, protocol.rse_method), "stop": reason}

@@ -33,8 +33,10 @@ class Protocol:
     e2e_warmup_runs: int = 2  # a whole model's visit warms up longer (its first runs touch every weight) ...
     e2e_warmup_min_s: float = 0.1  # ... at least this many runs and seconds
     e2e_min_runs: int = 8  # a whole model's visit times at least this many runs (5 runs let MAD stop on luck)
+    fresh_warmup_s: float = 0.3  # a graph just prepared (new session) first runs untimed this long: its first
+    # visit otherwise read 2-3 % slow (whole models; 4-9 % for a lone `hwnas measure` visit)
     visits: int = 3  # each entry is measured in this many visits, in separate shuffled rounds over all entries
-    retake_spread: float = 0.05  # an entry whose visits' medians spread more than this (of their median) ...
+    retake_spread: float = 0.03  # an entry whose visit medians lack a majority within this of their median ...
     max_visits: int = 5  # ... gets more visits, in extra shuffled rounds, up to this many (a disturbed visit)
     statistic: str = "median"  # latency_p50_ms: the median of the visits' medians (p10/p90 likewise); CV pooled
     rse_method: str = "mad"  # standard error of the median: 1.2533 * 1.4826 * MAD / sqrt(n) (robust to outliers)
@@ -59,13 +61,14 @@ class Protocol:
         """The protocol stored in a profile. A profile written before a field existed was measured without it:
         such fields take the value that reproduces the old rules (:data:`LEGACY`), not today's default."""
         names = {f.name for f in fields(Protocol)}
-        legacy = {k: (d.get(v, getattr(Protocol, v)) if isinstance(v, str) else v) for k, v in LEGACY.items()}
+        legacy = {k: (d.get(v[1:], getattr(Protocol, v[1:])) if isinstance(v, str) and v.startswith("=") else v)
+                  for k, v in LEGACY.items()}
         return Protocol(**{**legacy, **{k: v for k, v in d.items() if k in names}})
 
 
-# fields added after profiles were shipped -> the old behaviour: another field's value (a name) or a constant
-LEGACY = {"e2e_warmup_runs": "warmup_runs", "e2e_warmup_min_s": "warmup_min_s", "e2e_min_runs": "min_runs",
-          "retake_spread": float("inf"), "max_visits": 0, "retest": "after"}
+# fields added after profiles were shipped -> the old behaviour: another field's value ("=name") or a constant
+LEGACY = {"e2e_warmup_runs": "=warmup_runs", "e2e_warmup_min_s": "=warmup_min_s", "e2e_min_runs": "=min_runs",
+          "fresh_warmup_s": 0.0, "retake_spread": float("inf"), "max_visits": 0, "retest": "after"}
 
 
 def as_array(samples_s) -> np.ndarray:
@@ -159,19 +162,23 @@ def combine_visits(visits: list[dict]) -> dict:
 
 
 def wants_retake(visit_p50_ms, protocol: Protocol) -> bool:
-    """Whether an entry needs another visit: all ``protocol.visits`` taken, fewer than ``max_visits``, and the
-    visits' medians spread more than ``retake_spread`` of their median (load disturbed one of them).
+    """Whether an entry needs another visit: all ``protocol.visits`` taken, fewer than ``max_visits``, and no
+    majority of its visits within ``retake_spread`` of their median. One visit disturbed by load is outvoted by
+    the others and needs nothing; when the visits all disagree, the median is not to be trusted yet.
 
     >>> p = Protocol()
-    >>> wants_retake([1.0, 1.01, 1.2], p), wants_retake([1.0, 1.01, 1.02], p), wants_retake([1.0, 1.2], p)
-    (True, False, False)
+    >>> wants_retake([1.0, 1.01, 1.2], p), wants_retake([1.0, 1.1, 1.2], p), wants_retake([1.0, 1.2], p)
+    (False, True, False)
     """
     n = len(visit_p50_ms)
     if n < protocol.visits or n >= protocol.max_visits:
         return False
     x = np.asarray(visit_p50_ms, dtype=np.float64)
     med = float(np.median(x))
-    return med > 0 and float(x.max() - x.min()) / med > protocol.retake_spread
+    if med <= 0:
+        return False
+    agree = int((np.abs(x - med) <= protocol.retake_spread * med).sum())
+    return agree < n // 2 + 1
 
 
 def stop_reason(samples_s, elapsed_s: float, protocol: Protocol, time_cap_s: float | None = None) -> str | None:

@@ -147,5 +147,8 @@ def test_whole_models_follow_their_own_visit_rules_and_old_profiles_keep_theirs(
 def test_retake_rule():
     p = Protocol(visits=3, max_visits=5, retake_spread=0.05)
     assert not wants_retake([1.0, 1.5], p)  # visits still to come
-    assert wants_retake([1.0, 1.02, 1.1], p) and not wants_retake([1.0, 1.02, 1.04], p)
-    assert wants_retake([1.0, 1.02, 1.1, 1.2], p) and not wants_retake([1.0, 1.02, 1.1, 1.2, 1.3], p)  # at most 5
+    assert not wants_retake([1.0, 1.02, 1.5], p)  # one disturbed visit is outvoted
+    assert wants_retake([1.0, 1.1, 1.2], p)  # no two agree: another visit
+    assert wants_retake([1.0, 1.1, 1.2, 1.11], p)  # 2 of 4 agree: not a majority
+    assert not wants_retake([1.0, 1.1, 1.2, 1.11, 1.1], p)  # 5 visits: the most
+    assert wants_retake([1.0, 1.12, 1.3, 1.5], p) and not wants_retake([1.0, 1.12, 1.3, 1.5, 1.7], p)  # at most 5
