@@ -23,6 +23,7 @@ clamped to zero so that the search never sees an op as a way to gain time.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -85,10 +86,11 @@ class CalibrationSpec:
     grid: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # (batch, seq_len) grid of the 'hat' basis
     harness: tuple[str, ...] = ("one",)  # basis of eta, the weight of each op's harness cost (() = off)
     harness_kind: str = "identity"  # the op kind whose table entry measures the harness at a width
+    kind_scale: bool = False  # one more multiplicative term per op kind (the kinds that get a beta), constant in ctx
 
 
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0)  # candidates of the cross-validated ridge (below 1e-3 it overfits 8 architectures)
-FULL = CalibrationSpec()
+FULL = CalibrationSpec(kind_scale=True)  # per-kind scales where cross-validation prefers them (per space)
 FEW_SHOT = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",), per_kind=False,
                            harness=())
 ALL_KINDS = "*"  # the beta key shared by every op when not per kind
@@ -137,7 +139,8 @@ class Calibration:
         betas = c["beta"]
         beta = np.array([float(np.dot(betas[k], b)) if (k := s.kind if s.kind in betas else ALL_KINDS) in betas
                          else 0.0 for s in specs])
-        out = alpha * ms + beta
+        scale = c.get("scale") or {}
+        out = (alpha + np.array([scale.get(s.kind, 0.0) for s in specs])) * ms + beta
         if c.get("eta"):
             if harness_ms is None:  # pragma: no cover - a caller bug
                 raise PredictorError("calibration needs the harness cost of each op")
@@ -155,7 +158,7 @@ class Calibration:
         return {"role": self.role, "form": "op_eff = max(0, alpha(ctx)*op_ms + eta(ctx)*harness_ms + beta_kind(ctx));"
                 " overhead = alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha),
                 "harness_basis": list(s.harness), "harness_kind": s.harness_kind, "beta_basis": list(s.beta),
-                "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "ridge": s.ridge,
+                "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "kind_scale": s.kind_scale, "ridge": s.ridge,
                 "grid": [list(x) for x in s.grid] if s.grid else None, "coef": self.coef}
 
     @staticmethod
@@ -167,7 +170,8 @@ class Calibration:
         spec = CalibrationSpec(tuple(d["alpha_basis"]), tuple(d["beta_basis"]), tuple(d["gamma_basis"]),
                                bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]),
                                tuple(tuple(int(v) for v in x) for x in d["grid"]) if d.get("grid") else None,
-                               tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"))
+                               tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"),
+                               bool(d.get("kind_scale", False)))
         return Calibration(d["role"], spec, d["coef"])
 
 
@@ -195,8 +199,12 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
                              "`hwnas profile --e2e N` or fit `--kind lut`")
     coef = {}
     for space in sorted({r.space for r in rows}):
-        fitter = _SpaceFit(space, [r for r in rows if r.space == space], prev_ops, prev_overhead, spec, role)
-        coef[space] = fitter.fit(accept)
+        mine = [r for r in rows if r.space == space]
+        # kind_scale: with and without the per-kind scales; the lower cross-validated error decides, per space
+        specs = [dataclasses.replace(spec, kind_scale=False), spec] if spec.kind_scale else [spec]
+        fits = [_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role) for sp in specs]
+        best = min(fits, key=lambda f: f.cv_error())
+        coef[space] = {**best.fit(accept), "cv_error": round(best.cv_error(), 6)}
     return Calibration(role, spec, coef)
 
 
@@ -222,6 +230,7 @@ class _SpaceFit:
                 self.harness = {}
         self.use_harness = bool(self.harness)
         self.kinds = (self._kinds() if spec.per_kind else [ALL_KINDS]) if spec.beta else []
+        self.scale_kinds = [k for k in self._kinds() if k != ALL_KINDS] if spec.kind_scale else []
         na, nb = (len(_basis(names, rows[0].ctx, g)) for names in (spec.alpha, spec.beta))
         self.nh = len(_basis(spec.harness, rows[0].ctx, g)) if self.use_harness else 0
         self.na, self.nb = na, nb
@@ -269,14 +278,22 @@ class _SpaceFit:
             parts.append(h * _basis(spec.harness, r.ctx, g))
         parts += [self._count(r, k) * _basis(spec.beta, r.ctx, g) for k in self.kinds]
         parts.append(_basis(spec.gamma, r.ctx, g))
+        if spec.kind_scale:
+            parts.append(np.array([sum(n * self.cache[(r.ctx, s)] for s, n in r.bag.items() if s.kind == k)
+                                   for k in self.scale_kinds]))
         return np.concatenate(parts)
 
     def coef(self, theta: np.ndarray) -> dict:
         na, nh, nb = self.na, self.nh, self.nb
         o = na + nh
-        return {"alpha": [float(v) for v in theta[:na]], "eta": [float(v) for v in theta[na:o]],
-                "beta": {k: [float(v) for v in theta[o + j * nb: o + (j + 1) * nb]] for j, k in enumerate(self.kinds)},
-                "gamma": [float(v) for v in theta[o + nb * len(self.kinds):]]}
+        g0 = o + nb * len(self.kinds)
+        g1 = g0 + len(_basis(self.spec.gamma, self.rows[0].ctx, self.spec.grid))
+        out = {"alpha": [float(v) for v in theta[:na]], "eta": [float(v) for v in theta[na:o]],
+               "beta": {k: [float(v) for v in theta[o + j * nb: o + (j + 1) * nb]] for j, k in enumerate(self.kinds)},
+               "gamma": [float(v) for v in theta[g0:g1]]}
+        if self.spec.kind_scale:
+            out["scale"] = {k: float(v) for k, v in zip(self.scale_kinds, theta[g1:])}
+        return out
 
     def feasible(self, trial: Calibration) -> bool:
         """alpha > 0 at every fitted Context and every calibration row predicted above 0 (after the clamps)."""
@@ -292,8 +309,18 @@ class _SpaceFit:
                 return False
         return True
 
+    def cv_error(self) -> float:
+        """Held-out (whole architectures) Huber error at the cross-validated ridge."""
+        if not hasattr(self, "_cv"):
+            self._cv = _cv_ridge(self.xs, self.rw, [r.group for r in self.rows])
+        return self._cv[1]
+
     def fit(self, accept: Accept | None) -> dict:
-        lam = self.spec.ridge if self.spec.ridge is not None else _cv_ridge(self.xs, self.rw, [r.group for r in self.rows])
+        if self.spec.ridge is not None:
+            lam = self.spec.ridge
+        else:
+            self.cv_error()
+            lam = self._cv[0]
         for cand in [lam] + [v for v in RIDGE_GRID if v > lam] + [None]:  # more shrinkage until usable
             theta = self.theta0 if cand is None else self.theta0 + _ridge(self.xs, self.rw, cand) / self.scale
             trial = Calibration(self.role, self.spec, {self.space: self.coef(theta)})
@@ -316,12 +343,12 @@ def _ridge(xs: np.ndarray, r: np.ndarray, lam: float, iters: int = 8) -> np.ndar
     return delta
 
 
-def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> float:
+def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> tuple[float, float]:
     """The ridge of :data:`RIDGE_GRID` with the least held-out (Huber) relative error, holding out whole
     architectures (leave-one-out up to 12 of them, else 6 folds); the strongest when there is one architecture."""
     names = sorted(set(groups))
     if len(names) < 2:
-        return RIDGE_GRID[-1]
+        return RIDGE_GRID[-1], float("inf")
     fold_of = {g: (i if len(names) <= 12 else i % 6) for i, g in enumerate(names)}
     folds = np.array([fold_of[g] for g in groups])
     best = (np.inf, RIDGE_GRID[-1])
@@ -334,4 +361,4 @@ def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> float:
             err += float(np.where(res <= HUBER, res**2 / 2, HUBER * (res - HUBER / 2)).sum())  # Huber loss
         if err < best[0] * (1 - 1e-9):
             best = (err, lam)
-    return best[1]
+    return best[1], best[0]
