@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
-# used is released and re-created from its file when next needed (then warmed up as fresh)
+# used is released and re-created from its file when next needed
+LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,
+# and idle pools of a hundred live sessions stole the second core from the one measured (visits 30 % apart)
 
 
 @dataclass
@@ -241,7 +243,8 @@ class Graphs:
         self.backend, self.seed = backend, seed
         self.prepared: dict[str, Runnable] = {}
         self.alive: OrderedDict[str, int] = OrderedDict()  # graph -> bytes of weights
-        self.fresh = False  # whether the last bound() started a session
+        self.max_alive = LIVE_MULTI_THREAD if backend.threads > 1 else None
+        self.fresh = False  # whether the last bound() prepared (exported) its graph for the first time
 
     def inputs(self, job: Job, ctx: Context) -> dict[str, torch.Tensor]:
         if job.kind == "e2e":
@@ -252,6 +255,7 @@ class Graphs:
     def bound(self, job: Job) -> Runnable:
         """The job's graph, bound to its Context's inputs."""
         r = self.prepared.get(job.graph)
+        self.fresh = r is None
         if r is None:
             if job.kind == "e2e":
                 r = self.backend.prepare_arch(job.arch, self.inputs(job, EXPORT_CTX), NUM_LABELS, seed=self.seed)
@@ -261,12 +265,12 @@ class Graphs:
                     module = build_op(job.spec)
                 r = self.backend.prepare(module, self.inputs(job, EXPORT_CTX))
             self.prepared[job.graph] = r
-        self.fresh = job.graph not in self.alive
-        if self.fresh:
+        if job.graph not in self.alive:
             self.alive[job.graph] = 4 * (job.arch.get_space().analytic_params(job.arch, NUM_LABELS)
                                          if job.kind == "e2e" else op_params(job.spec))
         self.alive.move_to_end(job.graph)
-        while sum(self.alive.values()) > LIVE_BYTES and len(self.alive) > 1:
+        while len(self.alive) > 1 and (sum(self.alive.values()) > LIVE_BYTES or
+                                       (self.max_alive and len(self.alive) > self.max_alive)):
             old, _ = self.alive.popitem(last=False)
             self.prepared[old].release()
         self.backend.bind(r, self.inputs(job, job.ctx))
