@@ -121,6 +121,36 @@ def accuracy(prof: ProfileData) -> dict:
     return out
 
 
+def arch_sets(prof: ProfileData) -> dict[str, str]:
+    """arch_json -> the set it was measured in: random, homogeneous, searched (fastest / slowest / latency-only)."""
+    from latency.archsets import homogeneous_archs
+    from nas.arch import Architecture
+    from nas.spaces import get_space
+
+    out = {}
+    for s in prof.spaces():
+        out.update({a.key: "homogeneous" for a in homogeneous_archs(get_space(s["name"], s["preset"]))})
+    for archs in ((prof.meta.get("derived_archs") or {}).get("archs") or {}).values():
+        out.update({Architecture.from_dict(a).key: "searched" for a in archs})
+    return out
+
+
+def by_set(prof: ProfileData, kind: str = DEFAULT_KIND) -> dict:
+    """The default predictor on the test split, per space and per set of architectures."""
+    from latency.profile_data import ProfileData as PD
+
+    sets = arch_sets(prof)
+    pred = fit(prof, kind)
+    out = {}
+    for name in ("random", "homogeneous", "searched"):
+        e2e = prof.e2e[prof.e2e["arch_json"].map(lambda k: sets.get(k, "random")) == name]
+        if (e2e["split"] == "test").any():
+            sub = PD(prof.path, prof.meta, prof.ops, e2e)
+            out[name] = {sp: {k: m["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")}
+                         for sp, m in evaluate(pred, sub).items()}
+    return out
+
+
 def search_found(prof: ProfileData) -> dict | None:
     """Each kind on the architectures a budgeted search returned (``results/budget_fidelity*.json`` of this
     profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets."""
@@ -235,6 +265,15 @@ def markdown(results: dict) -> str:
                 for space, m in sp.items():
                     lines.append(f"| {prof} | {kind} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
                                  f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | {_f(m['bias_pct'], 1)} |")
+    sets = [(p, r["by_set"]) for p, r in results["profiles"].items() if r.get("by_set")]
+    if sets:
+        lines += ["", f"Held-out rows by the set their architecture was measured in ({results['default_kind']}):", "",
+                  "| profile | set | space | n | +-5% | +-10% | MAPE % | bias % |", "|" + "---|" * 8]
+        for prof, res in sets:
+            for name, sp in res.items():
+                for space, m in sp.items():
+                    lines.append(f"| {prof} | {name} | {space} | {m['n']} | {_pct(m['within_5_pct'])} | "
+                                 f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | {_f(m['bias_pct'], 1)} |")
     if results["few_shot"]:
         lines += ["", "| source -> target | shots | space | +-10% | +-5% | MAPE % | rho mean per Context |",
                   "|---|---|---|---|---|---|---|"]
@@ -272,6 +311,7 @@ def main() -> int:
         print(f"{prof.name} ({prof.backend_label()})", flush=True)
         results["profiles"][prof.name] = accuracy(prof)
         results["profiles"][prof.name]["search_found"] = search_found(prof)
+        results["profiles"][prof.name]["by_set"] = by_set(prof)
     for src, dst in pairs(profs):
         results["few_shot"].append(few_shot(src, dst))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
