@@ -27,33 +27,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from predictor_accuracy import summarise  # noqa: E402  (benchmarks/ is the script's folder)
+
 from latency.evaluate import evaluate  # noqa: E402
 from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
 from latency.transfer import fit_transfer, transfer, transfer_config  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "transfer.json"
-KEYS = ("n", "within_10_pct", "within_5_pct", "mape_pct")
+KEYS = ("n", "within_10_pct", "within_5_pct", "mape_pct", "spearman_min_ctx", "spearman_mean_ctx")  # averaged over few-shot seeds
 
 
 def judged(pred, target) -> dict:
     """Per space on the target's test split: the pooled figures and the Spearman per Context (min, mean)."""
-    out = {}
-    for space, r in evaluate(pred, target).items():
-        rho = [m["spearman"] for m in r["contexts"].values() if m["spearman"] is not None]
-        out[space] = {**{k: r["all"][k] for k in KEYS}, "spearman_min_ctx": float(np.min(rho)),
-                      "spearman_mean_ctx": float(np.mean(rho))}
-    return out
-
-
-def as_target(pred, target):
-    """A predictor judged on the target's rows: it must carry the target's fingerprint to be evaluated there."""
-    from latency.predictor import predictor_from_dict
-    from latency.profile_data import profile_hash
-
-    p = predictor_from_dict(pred.to_dict())
-    p.profile = profile_hash(target.meta)
-    return p
+    return summarise(evaluate(pred, target))
 
 
 def unseen(target, seen: set[str]):
@@ -78,15 +65,15 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
     measured_s = sum(s.get("wall_s") or 0 for s in sessions)
     src_pred = load_predictor(source.path) if (source.path / "predictor.json").is_file() else fit(source)
     target = unseen(target, set(new.e2e["arch_json"]))  # judge on architectures the transfer never measured
-    few = [judged(as_target(transfer(src_pred, target, shots=20, seed=s), target), target) for s in (0, 1, 2)]
+    few = [judged(transfer(src_pred, target, shots=20, seed=s), target) for s in (0, 1, 2)]
     row = {
         "source": source.name, "target": target.name, "transfer_profile": str(new.path.relative_to(ROOT))
         if new.path.is_relative_to(ROOT) else str(new.path),
         "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
         "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
-        "transfer": judged(as_target(pred, target), target),
+        "transfer": judged(pred, target),
         "full_profile": judged(fit(target, DEFAULT_KIND), target),
-        "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in few[0][space]}
+        "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in KEYS}
                         for space in few[0]},
     }
     for label in ("transfer", "full_profile", "few_shot_20"):

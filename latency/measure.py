@@ -35,6 +35,11 @@ def warm_up(backend: Backend, runnable: Runnable, protocol: Protocol) -> int:
     return runs
 
 
+def warm_up_fresh(backend: Backend, runnable: Runnable, protocol: Protocol) -> int:
+    """Untimed runs of a graph just prepared, for ``protocol.fresh_warmup_s`` (its first visit read slow)."""
+    return warm_up(backend, runnable, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
+
+
 def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None
                      ) -> tuple[list[float], str]:
     """Warm up, then time in growing chunks until :func:`latency.stats.stop_reason` says stop.
@@ -64,7 +69,7 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     """
     rules = protocol.for_kind(kind)
     for r in entries.values():  # every session is fresh here
-        warm_up(backend, r, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
+        warm_up_fresh(backend, r, protocol)
     visits: dict[str, list[dict]] = {k: [] for k in entries}
     for v in range(max(protocol.visits, protocol.max_visits)):
         order = [k for k in entries if v < protocol.visits or wants_retake(
@@ -149,5 +154,4 @@ def quick_protocol(protocol: Protocol) -> Protocol:
     """The ``--quick`` protocol: fewer runs and short caps (a demo, not a reference profile)."""
     return replace(protocol, warmup_runs=1, warmup_min_s=0.01, min_runs=3, time_cap_s=0.04, e2e_time_cap_s=0.15,
                    e2e_warmup_runs=2, e2e_warmup_min_s=0.03, e2e_min_runs=4, fresh_warmup_s=0.03, visits=2,
-                   max_visits=3,
-                   retest_fraction=0.05, retest_min=5)
+                   max_visits=3, retest_fraction=0.05, retest_min=5)

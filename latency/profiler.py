@@ -32,7 +32,14 @@ import torch
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
-from latency.measure import EXPORT_CTX, check_context, measure_arch, measure_runnable, token_inputs, warm_up  # noqa: F401
+from latency.measure import (  # noqa: F401
+    EXPORT_CTX,
+    check_context,
+    measure_arch,
+    measure_runnable,
+    token_inputs,
+    warm_up_fresh,
+)
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
 from latency.stats import Protocol, combine_visits, retest_agreement, summarize
@@ -282,7 +289,7 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     t0 = time.perf_counter()
     runnable = graphs.bound(job)
     if graphs.fresh:
-        warm_up(graphs.backend, runnable, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
+        warm_up_fresh(graphs.backend, runnable, protocol)
     t1 = time.perf_counter()
     samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind))
     s = {**summarize(samples, protocol.rse_method), "stop": reason}
