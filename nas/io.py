@@ -46,3 +46,22 @@ def read_json_object(path: str | os.PathLike, error: type[Exception], fix: str) 
     if not isinstance(d, dict):
         raise error(f"{p}: expected a JSON object; {fix}")
     return d
+
+
+def claim_run_folder(out: Path, settings: dict, error: type[Exception]) -> bool:
+    """Write ``out/config.json``, or check the folder holds the run of ``settings`` (then it is resumed).
+
+    Returns True when an existing run is resumed. Raises ``error`` for a folder of another run or a foreign folder.
+    """
+    out = Path(out)
+    cfg_file = out / "config.json"
+    if cfg_file.is_file():
+        old = read_json_object(cfg_file, error, "delete the folder or choose another --out")
+        if old != json.loads(json.dumps(settings, default=str)):
+            diff = [k for k in settings if json.dumps(old.get(k), default=str) != json.dumps(settings[k], default=str)]
+            raise error(f"{out} holds another run (different {', '.join(diff)}); choose another --out or delete it")
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise error(f"{out} exists and is not an hwnas run folder; choose another --out")
+    atomic_write_text(cfg_file, json.dumps(settings, indent=2, default=str) + "\n")
+    return False

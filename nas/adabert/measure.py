@@ -49,9 +49,10 @@ def same_device(prof, backend) -> list[str]:
     return compat_differences(prof.meta, here)
 
 
-def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_labels: int = 2
-                   ) -> tuple[dict[str, dict], list[str]]:
-    """Time transformers classifiers (and optionally an hwnas architecture, as ``"student"``) the profile's way.
+def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_labels: int = 2,
+                   archs: dict | None = None) -> tuple[dict[str, dict], list[str]]:
+    """Time transformers classifiers and hwnas architectures (``arch`` as ``"student"``, and ``archs`` by name)
+    the profile's way.
 
     Every model is exported and run with the profile's backend, threads and protocol at ``ctx``, in shuffled rounds.
     Returns ``(stats per name, differences between the profile's device and this machine)``.
@@ -63,7 +64,8 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
 
     meta = prof.meta.get("backend", {})
     protocol = Protocol.from_dict(prof.meta["protocol"])
-    space = arch.get_space() if arch is not None else get_space("adabert")
+    archs = {**({"student": arch} if arch is not None else {}), **(archs or {})}
+    space = next(iter(archs.values())).get_space() if archs else get_space("adabert")
     be = get_backend(meta.get("name", "onnxruntime"), threads=int(meta.get("threads", 1)),
                      device=meta.get("device", "cpu"))
     try:
@@ -72,9 +74,9 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
         hf_inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
                      "token_type_ids": torch.zeros_like(inputs["input_ids"])}
         entries = {name: be.prepare(_Logits(m.eval()), hf_inputs) for name, m in classifiers.items()}
-        if arch is not None:
-            entries["student"] = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
-            be.bind(entries["student"], inputs)
+        for name, a in archs.items():
+            entries[name] = be.prepare_arch(a, token_inputs(a.get_space(), EXPORT_CTX), num_labels=num_labels)
+            be.bind(entries[name], token_inputs(a.get_space(), ctx))
         stats = measure_in_rounds(be, entries, protocol)
         for r in entries.values():
             r.release()

@@ -28,7 +28,7 @@ from nas.adabert.search import Efficiency, new_student, new_supernet, retrain, s
 from nas.arch import Architecture
 from nas.configs import SearchConfig
 from nas.errors import HwnasError
-from nas.io import atomic_write_text, read_json_object
+from nas.io import atomic_write_text, claim_run_folder, read_json_object
 from nas.spaces import Context
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
 
     if not (out / "retrain.json").is_file():
         data()  # a teacher built on other examples is refused before the folder is claimed
-    _claim(out, settings)
+    claim_run_folder(out, settings, RunError)
 
     # 1. search (skipped for a fixed architecture)
     weights_file = out / "arch_weights.json"
@@ -233,21 +233,6 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
                                                            "speedup_vs_bert_base", "budget_met", "measure_note")})
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
-
-
-def _claim(out: Path, settings: dict) -> None:
-    """Write ``config.json``, or check the folder holds the same run (then it is resumed)."""
-    cfg_file = out / "config.json"
-    if cfg_file.is_file():
-        old = read_json_object(cfg_file, RunError, "delete the folder or choose another --out")
-        if old != json.loads(json.dumps(settings, default=str)):
-            diff = [k for k in settings if json.dumps(old.get(k), default=str) != json.dumps(settings[k], default=str)]
-            raise RunError(f"{out} holds another run (different {', '.join(diff)}); choose another --out or delete it")
-        log.info("resuming the run in %s", out)
-        return
-    if out.exists() and any(out.iterdir()):
-        raise RunError(f"{out} exists and is not an hwnas run folder; choose another --out")
-    atomic_write_text(cfg_file, json.dumps(settings, indent=2, default=str) + "\n")
 
 
 def load_arch(out: str | os.PathLike) -> Architecture:
