@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,3 +322,69 @@ def test_torchrun_two_processes_match_one(teacher2, corpus, tmp_path):
     sa, sb = (json.loads((d / "blocks" / "block0.json").read_text())["survivors"] for d in (one, two))
     assert [s["path"] for s in sa] == [s["path"] for s in sb]
     assert np.allclose([s["loss"] for s in sa], [s["loss"] for s in sb], rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- finetune
+def _first_model(run_dir: Path) -> Path:
+    r = json.loads((run_dir / "report.json").read_text())
+    return Path(next(b["model_dir"] for b in r["budgets"] if b.get("feasible")))
+
+
+def test_finetune_with_kd_records_accuracy_in_the_run(run, demo_small, demo_teacher, tmp_path):
+    from nas.finetune import FinetuneConfig, FinetuneError, finetune
+    from nas.modeling import load_pretrained
+
+    model_dir = _first_model(run[0])
+    cfg = FinetuneConfig(epochs=1, batch_size=16, max_len=32)
+    r = finetune(model_dir, demo_small, demo_teacher.path, config=cfg)
+    out = model_dir.parent / f"{model_dir.name}_bbc-sample"
+    assert (out / "finetune.json").is_file() and not (out / ".ckpt" / "finetune.pt").exists()
+    assert 0.0 <= r["dev_accuracy"] <= 1.0 and len(r["history"]) == 1
+    model, arch, conf = load_pretrained(out)
+    assert conf.num_labels == demo_small.num_labels and conf.card["dev_accuracy"] == r["dev_accuracy"]
+    row = next(b for b in json.loads((run[0] / "report.json").read_text())["budgets"]
+               if b.get("model_dir") == str(model_dir))
+    assert row["bbc-sample_accuracy"] == r["dev_accuracy"]
+    assert finetune(model_dir, demo_small, demo_teacher.path, config=cfg)["dev_accuracy"] == r["dev_accuracy"]
+    with pytest.raises(FinetuneError, match="another fine-tuning"):
+        finetune(model_dir, demo_small, demo_teacher.path, config=dataclasses.replace(cfg, lr=1e-3))
+    alone = tmp_path / "alone"
+    shutil.copytree(model_dir, alone)  # a model folder outside its run: re-distillation needs --run
+    with pytest.raises(FinetuneError, match="run folder"):
+        finetune(alone, demo_small, demo_teacher.path, tmp_path / "re", dataclasses.replace(cfg, repretrain_steps=3))
+
+
+def test_repretrain_then_finetune(run, demo_small, demo_teacher):
+    from nas.finetune import FinetuneConfig, finetune
+
+    model_dir = _first_model(run[0])
+    r = finetune(model_dir, demo_small, demo_teacher.path,
+                 config=FinetuneConfig(epochs=1, batch_size=16, max_len=32, repretrain_steps=6))
+    assert len(r["repretrain_history"]) == 1 and r["repretrain_history"][0]["step"] == 6
+    assert (model_dir.parent / f"{model_dir.name}_bbc-sample_repretrained" / "finetune.json").is_file()
+    row = next(b for b in json.loads((run[0] / "report.json").read_text())["budgets"]
+               if b.get("model_dir") == str(model_dir))
+    assert row["bbc-sample_accuracy_repretrained"] == r["dev_accuracy"]
+
+
+def test_finetune_under_torchrun_matches_one_process(run, demo_teacher, tmp_path):
+    model_dir = _first_model(run[0])
+
+    def cmd(out: Path) -> list[str]:
+        return ["-m", "nas.cli", "finetune", str(model_dir), "--task", "demo", "--train-limit", "48", "--dev-limit",
+                "40", "--teacher", str(demo_teacher.path), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+                "--max-len", "32", "--json"]
+
+    r1 = subprocess.run([sys.executable, *cmd(tmp_path / "one")], capture_output=True, text=True, timeout=300,
+                        env=ENV, cwd=tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                         *cmd(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=ENV, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-3, worst
+    assert json.loads(r1.stdout)["processes"] == 1 and json.loads(r2.stdout)["processes"] == 2
