@@ -64,4 +64,12 @@ demo: venv
 	$(BIN)/hwnas teacher --task demo --out $(DEMO)/teacher --epochs 2 --max-len 64
 	$(BIN)/hwnas search adabert --task demo --teacher $(DEMO)/teacher --profile $(DEMO)/profile --budget-frac 0.4 \
 	  --epochs 4 --retrain-epochs 6 --max-len 64 --out $(DEMO)/adabert
+	# NAS-BERT, task-agnostic: the supernet distilled block-wise from all-MiniLM-L6-v2 on the sample's sentences
+	# (the tiny recipe: a minute), one model per budget (20 % and 50 % of the way from this CPU's fastest to its
+	# slowest architecture), then each model fine-tuned on the sample with KD from the AdaBERT demo's teacher
+	$(BIN)/hwnas search nasbert --corpus demo --profile $(DEMO)/profile --budgets-frac 0.2,0.5 --recipe tiny \
+	  --groups-per-block 2 --out $(DEMO)/nasbert
+	for m in $(DEMO)/nasbert/model_*ms; do \
+	  $(BIN)/hwnas finetune $$m --task demo --teacher $(DEMO)/teacher --epochs 2 --max-len 64; \
+	done
 	# ---- later demo steps go below this line ----

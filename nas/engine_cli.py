@@ -149,13 +149,14 @@ def search_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def budget_from_fraction(profile: str, preset: str | None, ctx, frac: float) -> float:
+def budget_from_fraction(profile: str, preset: str | None, ctx, frac: float, space_name: str = "adabert") -> float:
+    """The latency ``frac`` of the way from the fastest to the slowest architecture the profile predicts."""
     from latency.predictor import load_predictor
     from latency.profile_data import read_profile
 
     prof = read_profile(profile, need_ops=False)
     pred = load_predictor(prof.path, prof)
-    space = pred.space("adabert", preset or pred.cover("adabert")["preset"])
+    space = pred.space(space_name, preset or pred.cover(space_name)["preset"])
     (lo, _), (hi, _) = pred.cost_matrix(space, ctx).extremes()
     return lo + frac * (hi - lo)
 

@@ -22,6 +22,9 @@ def nasbert_args(p: argparse.ArgumentParser) -> None:
                    help="unlabelled text: files with one document or sentence per line (e.g. WikiText-2), 'demo' "
                         "(the bundled sample's sentences), or a datasets name NAME[:CONFIG] while online")
     g.add_argument("--budgets-ms", type=_floats, default=None, help="latency budgets at --batch/--seq-len, e.g. 1.5,3,5,8")
+    g.add_argument("--budgets-frac", type=_floats, default=None,
+                   help="instead of --budgets-ms: fractions (0..1) of the way from the fastest to the slowest "
+                        "architecture the profile predicts, e.g. 0.2,0.5")
     g.add_argument("--recipe", default="laptop", choices=["laptop", "paper", "tiny"],
                    help="engine settings: laptop (default: 2 CPU cores, under an hour), paper (B=10, E=2000, m=10, "
                         "T=100), tiny (seconds; tests and demo)")
@@ -42,6 +45,15 @@ def nasbert_main(args: argparse.Namespace) -> int:
 
     if not args.corpus:
         raise HwnasError("hwnas search nasbert: --corpus is required (text files, 'demo', or a datasets name)")
+    if args.budgets_frac:
+        from nas.engine_cli import budget_from_fraction
+
+        if args.budgets_ms or not all(0 <= f <= 1 for f in args.budgets_frac):
+            raise HwnasError("give either --budgets-ms or --budgets-frac (numbers in 0..1), not both")
+        ctx = Context(args.batch, args.seq_len)
+        args.budgets_ms = [round(budget_from_fraction(args.profile, args.preset, ctx, f, "nasbert"), 3)
+                           for f in args.budgets_frac]
+        print(f"hwnas: budgets {', '.join(f'{b:g}' for b in args.budgets_ms)} ms", file=sys.stderr)
     if not args.budgets_ms:
         raise HwnasError("hwnas search nasbert: --budgets-ms is required, e.g. --budgets-ms 1.5,3,5,8")
     if args.task or args.train or args.budget_ms is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -301,6 +302,7 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
         "supernet_minutes": sum(r["minutes"] for r in records),
         "selection_seconds": selection_seconds, **{f"selection_{k}": v for k, v in info.items() if k != "seconds"},
         "combine_seconds": info["seconds"],
+        "combinations_without_shrinking": math.prod(_paths_in_block(space, lay) for lay in layouts),
         "budgets": rows,
     }
     report.update({k: v for k, v in prev.items() if k.startswith("measure")})
