@@ -262,6 +262,16 @@ def cmd_finetune(args):
 cmd_finetune.arguments(lambda p: _delegate("nas.nasbert_cli", "finetune_args", p))
 
 
+@command("compare", "Compare devices: the best architecture under one budget on each, cross-evaluated, in an HTML report.",
+         "hwnas compare --profiles amd-epyc-2c_ort-1.31_t1 amd-epyc-2c_torch-2.13_t1 --space nasbert --budget-ms 3 "
+         "--out runs/compare")
+def cmd_compare(args):
+    return _delegate("nas.compare_report", "compare_main", args)
+
+
+cmd_compare.arguments(lambda p: _delegate("nas.compare_report", "compare_args", p))
+
+
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -235,29 +235,9 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
                        measure: bool) -> dict:
     from nas.arch import Architecture
     from nas.nasbert.select import combine
-    from nas.nasbert.supernet import student_from_blocks
 
-    records = [read_json_object(out / "blocks" / f"block{lay.index}.json", NasBertError,
-                                "delete it and its supernet/ weights to train the block again") for lay in layouts]
-    nets = [_load_block(space, lay, out / "supernet" / f"block{lay.index}.safetensors") for lay in layouts]
-    _, held = text.split(cfg.heldout)
-    rescore_rows = torch.arange(len(text) - cfg.heldout, len(text))[: cfg.rescore_batches * cfg.batch_size]
-    last = len(layouts) - 1
-
-    @torch.no_grad()
-    def rescore(arch_json: str) -> float:
-        from nas.nasbert.targets import rel_error
-
-        arch = Architecture.from_json(arch_json)
-        model = student_from_blocks(space, arch, nets).eval()
-        errs = []
-        for s in range(0, len(rescore_rows), cfg.batch_size):
-            rows = rescore_rows[s:s + cfg.batch_size]
-            ids = text.ids[rows]
-            y = model.block_outputs(ids, torch.ones_like(ids))[-1]  # (B, T, H_last)
-            _, target, resid = targets.block_io(last, rows, None)
-            errs.append(float(rel_error(y, target, resid, float(targets.energy[last]))))
-        return sum(errs) / len(errs)
+    records, nets = _blocks_of(out, space, layouts)
+    rescore = _rescorer(space, layouts, nets, targets, text, cfg)
 
     t0 = time.perf_counter()
     table, info = combine(space, cost, layouts, [r["survivors"] for r in records], budgets, cfg.top_per_budget)
@@ -287,7 +267,7 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
                     "quality_estimate": float(r["quality_estimate"]), "e2e_error": float(r["e2e_error"]),
                     "params": space.params(arch), "rescored": len(ch.rescored)})
         keep = prev_rows.get(ch.budget_ms, {})
-        row.update({k: v for k, v in keep.items() if k in MEASURED or k.endswith("_accuracy")
+        row.update({k: v for k, v in keep.items() if k in MEASURED or "_accuracy" in k
                     or k.startswith("finetune")})
         rows.append(row)
     report = {
@@ -312,6 +292,70 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     _plot(table, rows, out / "pareto.png", prof.name, ctx)
     return report
+
+
+def _blocks_of(out: Path, space, layouts) -> tuple[list[dict], list]:
+    """The finished blocks' records and supernets."""
+    records = [read_json_object(out / "blocks" / f"block{lay.index}.json", NasBertError,
+                                "delete it and its supernet/ weights to train the block again") for lay in layouts]
+    nets = [_load_block(space, lay, out / "supernet" / f"block{lay.index}.safetensors") for lay in layouts]
+    return records, nets
+
+
+def _rescorer(space, layouts, nets, targets, text, cfg: NasBertConfig):
+    """``rescore(arch_json) -> float``: the whole student's relative error at the last boundary, held-out text."""
+    from nas.arch import Architecture
+    from nas.nasbert.supernet import student_from_blocks
+    from nas.nasbert.targets import rel_error
+
+    rows_all = torch.arange(len(text) - cfg.heldout, len(text))[: cfg.rescore_batches * cfg.batch_size]
+    last = len(layouts) - 1
+
+    @torch.no_grad()
+    def rescore(arch_json: str) -> float:
+        model = student_from_blocks(space, Architecture.from_json(arch_json), nets).eval()
+        errs = []
+        for s in range(0, len(rows_all), cfg.batch_size):
+            rows = rows_all[s:s + cfg.batch_size]
+            ids = text.ids[rows]
+            y = model.block_outputs(ids, torch.ones_like(ids))[-1]  # (B, T, H_last)
+            _, target, resid = targets.block_io(last, rows, None)
+            errs.append(float(rel_error(y, target, resid, float(targets.energy[last]))))
+        return sum(errs) / len(errs)
+
+    return rescore
+
+
+class Reselector:
+    """Choose again from a finished run's survivors under another cost model (another device or Context).
+
+    Loads the run once (corpus, targets, supernets); each call combines and chooses, writing nothing.
+
+    >>> pick = Reselector("runs/nasbert")                                    # doctest: +SKIP
+    >>> choices, table = pick(other_device_cost, [3.0, 5.0])                # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        from nas.spaces import get_space
+
+        self.cfg, text, targets, self.layouts = open_run(run_dir)
+        self.space = get_space("nasbert", settings_of(run_dir)["preset"])
+        records, nets = _blocks_of(Path(run_dir), self.space, self.layouts)
+        self.survivors = [r["survivors"] for r in records]
+        self.rescore = _rescorer(self.space, self.layouts, nets, targets, text, self.cfg)
+        self._cache: dict[str, float] = {}
+
+    def __call__(self, cost, budgets: list[float]):
+        from nas.nasbert.select import choose, combine
+
+        table, _ = combine(self.space, cost, self.layouts, self.survivors, budgets, self.cfg.top_per_budget)
+
+        def cached(arch_json: str) -> float:  # the end-to-end error does not depend on the device
+            if arch_json not in self._cache:
+                self._cache[arch_json] = self.rescore(arch_json)
+            return self._cache[arch_json]
+
+        return choose(table, budgets, self.cfg.top_per_budget, cached, (self.cfg.window_lo, self.cfg.window_hi))
 
 
 def _paths_in_block(space, lay) -> int:
@@ -388,4 +432,4 @@ def _plot(table, rows: list[dict], path: Path, profile: str, ctx) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-__all__ = ["run_nasbert", "NasBertError", "model_dir_name", "settings_of"]
+__all__ = ["run_nasbert", "NasBertError", "model_dir_name", "settings_of", "open_run", "Reselector"]
