@@ -74,12 +74,14 @@ def load_devices(profiles: list[str], space_name: str, ctx: Context) -> list[Dev
             raise CompareError(f"{prof.path}: {e}") from None
         space = pred.space(space_name, cover["preset"])
         name = prof.name if prof.name not in {d.name for d in devices} else f"{prof.name}#{len(devices)}"
-        devices.append(Device(name, prof, pred, space, pred.cost_matrix(space, ctx)))
+        devices.append(Device(name, prof, pred, space, None))
     kinds = {(d.space.version, d.space.preset.name) for d in devices}
     if len(kinds) > 1:
         have = ", ".join(f"{d.name}: {space_name} v{d.space.version} preset {d.space.preset.name}" for d in devices)
         raise CompareError(f"the profiles cover different versions or presets of {space_name} ({have}); profile "
                            f"every device with the same preset (`hwnas profile --space {space_name} --preset ...`)")
+    for d in devices:
+        d.cost = d.predictor.cost_matrix(d.space, ctx)
     return devices
 
 
