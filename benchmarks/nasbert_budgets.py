@@ -42,7 +42,7 @@ SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 CORPUS = [str(SHARED / "wikitext-2" / "valid.txt"), str(SHARED / "wikitext-2" / "test.txt")]
 CTX = Context(1, 128)
-FINETUNE = {"sst2": {"epochs": 2.0, "max_len": 64, "batch_size": 32},
+FINETUNE = {"sst2": {"epochs": 1.0, "max_len": 64, "batch_size": 32},
             "rte": {"epochs": 5.0, "max_len": 128, "batch_size": 16}}
 
 
@@ -267,7 +267,7 @@ def main() -> None:
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "bench" / "nasbert", help="the search's run folder")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "nasbert_work",
                    help="baselines, fine-tuned models, the DDP runs")
-    p.add_argument("--repretrain-steps", type=int, default=1000)
+    p.add_argument("--repretrain-steps", type=int, default=600)
     p.add_argument("--stage", default="all", choices=["search", "baselines", "finetune", "measure", "ddp", "all"])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
