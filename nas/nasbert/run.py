@@ -181,8 +181,8 @@ def _targets(out: Path, text, base: str, layouts, space, cfg: NasBertConfig, w, 
     from nas.nasbert.targets import build_targets, load_targets, save_targets
 
     bounds = [layouts[0].teacher_in] + [lay.teacher_out for lay in layouts]
-    key = {"corpus": text.fingerprint(), "teacher": base, "bounds": bounds, "width": max(space.preset.hiddens),
-           "pca_tokens": cfg.pca_tokens, "seed": cfg.seed}
+    key = {"format": 2, "corpus": text.fingerprint(), "teacher": base, "bounds": bounds,
+           "width": max(space.preset.hiddens), "pca_tokens": cfg.pca_tokens, "seed": cfg.seed}
     path = out / "targets.safetensors"
     if (w is None or w.main) and load_targets(path, key) is None:
         from transformers import AutoModel

@@ -3,7 +3,9 @@
 At each boundary the teacher's states ``t`` (width D) are centred on their mean ``mu`` and written in their
 principal directions ``P`` (rows orthonormal, largest variance first, fitted on ``pca_tokens`` tokens):
 ``c = (t - mu) P^T``, kept to the widest student width ``H``. A student block of width ``h`` reads / writes the first
-``h`` coordinates. Its error is measured against the whole centred state, so a narrower block pays for what it
+``h`` coordinates. The coordinates are divided by one scale per boundary (their root mean square over the kept
+directions), so that they start near the unit scale of a LayerNorm'd block output; errors are relative, so the
+scale changes no figure. Its error is measured against the whole centred state, so a narrower block pays for what it
 cannot hold: ``err = (|y - c[:h]|^2 + |c[h:]|^2 + r) / E`` per token, with ``r`` the energy outside the kept ``H``
 directions and ``E`` the mean energy ``|t - mu|^2`` at that boundary (0: perfect; 1: no better than the mean).
 
@@ -38,7 +40,8 @@ class Targets:
     basis: torch.Tensor  # (N, H, D) orthonormal rows
     coords: torch.Tensor  # (N, S, T, H) float16: centred states in the basis, per boundary and sequence
     resid: torch.Tensor  # (N, S, T) float32: energy outside the H kept directions
-    energy: torch.Tensor  # (N,) mean |t - mu|^2 per token
+    energy: torch.Tensor  # (N,) mean |c|^2 per token, in the scaled coordinates
+    scale: torch.Tensor  # (N,) the coordinates are (t - mu) P^T / scale: unit root mean square over the kept ones
 
     def block_io(self, b: int, rows: torch.Tensor, width_in: int | None) -> tuple[torch.Tensor | None, torch.Tensor,
                                                                                   torch.Tensor]:
@@ -97,25 +100,28 @@ def build_targets(model, ids: torch.Tensor, bounds: list[int], width: int, pca_t
         mean[k] = x.mean(0).float()
         _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)  # rows: principal directions
         basis[k] = vh[:width].float()
+    # the scale: the kept coordinates' root mean square, from the same sample (a block's LayerNorm'd output starts
+    # near unit scale; teachers' states are often far from it)
+    scale = torch.stack([((torch.cat(sample[k]) - mean[k]) @ basis[k].T).pow(2).mean().sqrt() for k in range(n)])
     coords = torch.zeros(n, s_count, t_len, width, dtype=torch.float16)
     resid = torch.zeros(n, s_count, t_len)
     energy = torch.zeros(n, dtype=torch.float64)
     for rows, states in teacher_states(model, ids, bounds, progress=progress, desc="teacher (targets)"):
         for k, st in enumerate(states):
-            c = st - mean[k]  # (B, T, D)
+            c = (st - mean[k]) / scale[k]  # (B, T, D)
             proj = c @ basis[k].T  # (B, T, H)
             total = (c ** 2).sum(-1)  # (B, T)
             coords[k, rows] = proj.half()
             resid[k, rows] = (total - (proj ** 2).sum(-1)).clamp(min=0)
             energy[k] += float(total.sum())
-    return Targets(bounds, mean, basis, coords, resid, (energy / (s_count * t_len)).float())
+    return Targets(bounds, mean, basis, coords, resid, (energy / (s_count * t_len)).float(), scale)
 
 
 def save_targets(t: Targets, path: Path, key: dict) -> None:
     from safetensors.torch import save
 
     tensors = {"mean": t.mean, "basis": t.basis, "coords": t.coords, "resid": t.resid, "energy": t.energy,
-               "bounds": torch.tensor(t.bounds)}
+               "scale": t.scale, "bounds": torch.tensor(t.bounds)}
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()},
                                   metadata={"key": json.dumps(key, sort_keys=True)}))
 
@@ -137,7 +143,7 @@ def load_targets(path: Path, key: dict) -> Targets | None:
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         log.warning("%s: unreadable targets cache (%s); rebuilding", path, e)
         return None
-    return Targets(d["bounds"].tolist(), d["mean"], d["basis"], d["coords"], d["resid"], d["energy"])
+    return Targets(d["bounds"].tolist(), d["mean"], d["basis"], d["coords"], d["resid"], d["energy"], d["scale"])
 
 
 __all__ = ["Targets", "TargetsError", "build_targets", "save_targets", "load_targets", "rel_error", "fit_loss",
