@@ -79,7 +79,7 @@ def run_compare(profiles, space, budget, ctx, work: Path, run=None) -> dict:
     from nas.compare_report import write_report
 
     t0 = time.perf_counter()
-    df = compare(profiles, space, budget, ctx, run=run, measure=True)
+    df = compare(profiles, space, budget, ctx, run=run, measure=True, fronts=(0.6, 1.6))
     tag = f"{space}_{budget:g}ms_b{ctx.batch}" + ("_run" if run else "")
     write_report(df, work / tag)
     out = summary(df)
