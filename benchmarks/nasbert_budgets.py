@@ -149,6 +149,8 @@ def finetune_all(args, report: dict, base_rows: dict) -> dict:
         if not row.get("feasible"):
             continue
         b = str(row["budget_ms"])
+        if args.only and row["budget_ms"] not in args.only:
+            continue
         jobs += [("nasbert", b, Path(row["model_dir"]), args.repretrain_steps, ("sst2", "rte")),
                  ("baseline", b, Path(base_rows[b]["model_dir"]), args.repretrain_steps, ("sst2", "rte")),
                  ("nasbert_no_repretrain", b, Path(row["model_dir"]), 0, ("sst2",))]
@@ -276,6 +278,8 @@ def main() -> None:
     p.add_argument("--repretrain-steps", type=int, default=600)
     p.add_argument("--stage", default="all", choices=["search", "baselines", "finetune", "measure", "ddp", "all"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                   help="finetune: only these budgets (a second process can take them; a last plain run gathers all)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
