@@ -9,6 +9,14 @@ search's (Gumbel-)softmax weights, decisions are independent, so the expected la
 which :func:`expected_latency` computes with one einsum per term, for weights with any leading batch dimensions,
 on any device. One-hot weights give exactly the predictor's figure for that architecture.
 
+A backend that eliminates common subexpressions (onnxruntime) runs a parameter-free op once per tensor however
+many edges apply it; such ops form *shared* terms ``(hub, readers, cost[n_hub, n_choices])``: the cost of choice
+``c`` is paid once if any reader picks it, so under independent weights
+
+    E[shared] = sum_{k,c} w_hub[k] * cost[k, c] * (1 - prod_r (1 - w_r[c]))
+
+(exact for one-hot weights again).
+
 >>> import torch
 >>> cost = CostModel(1.0, [(("a",), torch.tensor([1.0, 3.0])), (("a", "b"), torch.tensor([[0.0, 1.0], [2.0, 4.0]]))])
 >>> w = {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.5, 0.5])}
@@ -28,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from nas.errors import HwnasError
+from nas.spaces.base import SharedFactor
 
 if TYPE_CHECKING:
     from nas.spaces.base import SearchSpace
@@ -39,6 +48,8 @@ class LossError(HwnasError, ValueError):
 
 
 Term = tuple[tuple[str, ...], torch.Tensor]  # (decision names, cost tensor [n_choices(d) for d in decisions])
+SharedTerm = tuple[str, tuple[str, ...], torch.Tensor]  # (hub, readers, cost [n_hub, n_choices]) paid once per choice
+MAX_ENUMERATION = 2_000_000  # extremes(): most combinations of coupled decisions enumerated per hub choice
 
 
 @dataclass
@@ -48,39 +59,52 @@ class CostModel:
     overhead_ms: float  # cost of everything that does not depend on a decision (incl. 0-decision factors)
     terms: list[Term] = field(default_factory=list)  # (decisions, cost tensor of shape [n_choices(d) ...])
     unit: str = "ms"  # what the numbers are ("ms", or "params" for a capacity proxy)
+    shared: list[SharedTerm] = field(default_factory=list)  # ops a backend computes once per tensor (see module doc)
 
     def decisions(self) -> list[str]:
         """Every decision some term depends on, in first-seen order."""
         seen: dict[str, None] = {}
         for names, _ in self.terms:
             seen.update(dict.fromkeys(names))
+        for hub, readers, _ in self.shared:
+            seen.update(dict.fromkeys((hub, *readers)))
         return list(seen)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CostModel:
-        return CostModel(self.overhead_ms, [(n, c.to(device=device, dtype=dtype)) for n, c in self.terms], self.unit)
+        return CostModel(self.overhead_ms, [(n, c.to(device=device, dtype=dtype)) for n, c in self.terms], self.unit,
+                         [(h, r, c.to(device=device, dtype=dtype)) for h, r, c in self.shared])
 
     def value(self, indices: dict[str, int]) -> float:
         """The cost of one architecture given its choice indices (the one-hot case, without tensors of weights)."""
         total = self.overhead_ms
         for names, cost in self.terms:
             total += float(cost[tuple(indices[d] for d in names)])
+        for hub, readers, cost in self.shared:
+            total += sum(float(cost[indices[hub], c]) for c in {indices[r] for r in readers})
         return total
 
     def range(self) -> tuple[float, float]:
         """A quick (lower, upper) bound over architectures: each term at its own min / max."""
         lo = self.overhead_ms + sum(float(c.min()) for _, c in self.terms)
         hi = self.overhead_ms + sum(float(c.max()) for _, c in self.terms)
+        for _, readers, c in self.shared:
+            lo += min(float(c.min()), 0.0)
+            hi += float(c.clamp(min=0).sort(-1, descending=True).values[:, : len(readers)].sum(-1).max())
         return lo, hi
 
     def extremes(self) -> tuple[tuple[float, dict[str, int]], tuple[float, dict[str, int]]]:
         """Exact ``((min, indices), (max, indices))`` over architectures.
 
-        The decisions that lead a 2-decision term (AdaBERT's ``cells``, NAS-BERT's block widths) are enumerated;
-        given them every other decision is independent. Decisions no term depends on are left out of
-        ``indices``.
+        The decisions that lead a 2-decision term or a shared term (AdaBERT's ``cells``, NAS-BERT's block widths)
+        are enumerated; given them, every other decision is independent, except the readers of shared terms:
+        those are enumerated over the shared choices plus their best other choice, skipping a reader whose best
+        other choice beats every shared one even at its full shared cost. Decisions no term depends on are left
+        out of ``indices``.
         """
-        hubs = list(dict.fromkeys(n[0] for n, _ in self.terms if len(n) == 2))
+        hubs = list(dict.fromkeys([n[0] for n, _ in self.terms if len(n) == 2] + [h for h, _, _ in self.shared]))
         size = {d: c.shape[i] for n, c in self.terms for i, d in enumerate(n)}
+        for h, readers, c in self.shared:
+            size.update({h: c.shape[0], **dict.fromkeys(readers, c.shape[1])})
         if any(sum(d not in hubs for d in n) > 1 for n, _ in self.terms):  # pragma: no cover - no such space yet
             raise LossError("extremes(): a term couples two non-leading decisions; enumerate them explicitly")
         best: list = [None, None]
@@ -95,9 +119,11 @@ class CostModel:
                 else:
                     d = next(d for d in n if d not in fixed)
                     free[d] = free[d] + part if d in free else part.clone()
-            for k, pick in enumerate((torch.argmin, torch.argmax)):
-                choice = {d: int(pick(v)) for d, v in free.items()}
-                total = base + sum(float(v[choice[d]]) for d, v in free.items())
+            shared = [(readers, c[fixed[h]].to(torch.float64)) for h, readers, c in self.shared]
+            for d in {r for readers, _ in shared for r in readers}:
+                free.setdefault(d, torch.zeros(size[d], dtype=torch.float64))
+            for k in range(2):
+                total, choice = _best_given_hubs(base, free, shared, maximise=k == 1)
                 if best[k] is None or (total < best[k][0] if k == 0 else total > best[k][0]):
                     best[k] = (total, {**fixed, **choice})
         if best[0] is None:
@@ -105,8 +131,62 @@ class CostModel:
         return best[0], best[1]
 
 
+def _best_given_hubs(base: float, free: dict[str, torch.Tensor], shared: list[tuple[tuple[str, ...], torch.Tensor]],
+                     maximise: bool) -> tuple[float, dict[str, int]]:
+    """The cheapest (or dearest) choices once the hubs are fixed: ``free[d]`` is decision d's own cost per choice;
+    each shared ``(readers, cost[n_choices])`` adds ``cost[c]`` once for every distinct choice c its readers take."""
+    sign = -1.0 if maximise else 1.0
+    pick = torch.argmax if maximise else torch.argmin
+    choice = {d: int(pick(v)) for d, v in free.items()}
+    live = sorted({c for _, cost in shared for c in torch.nonzero(cost).flatten().tolist()})
+    coupled = []
+    if live:
+        others = {d: [c for c in range(len(v)) if c not in live] for d, v in free.items()}
+        for d, v in free.items():
+            rest = others[d]
+            if not any(d in readers for readers, _ in shared):
+                continue
+            choice[d] = rest[int(pick(v[rest]))] if rest else live[0]
+            if not rest:
+                coupled.append(d)
+                continue
+            if any(float(cost.min()) < 0 for _, cost in shared):
+                coupled.append(d)
+                continue
+            # the best shared choice at its best case (minimise: own cost only; maximise: own + all its shared costs)
+            extra = sum((cost for readers, cost in shared if d in readers), torch.zeros_like(v)) if maximise else 0
+            edge = (v + extra)[live]
+            if float((sign * (edge - v[choice[d]])).min()) < 0:
+                coupled.append(d)
+    total = base + sum(float(free[d][c]) for d, c in choice.items())
+    total += sum(float(cost[c]) for readers, cost in shared for c in {choice[r] for r in readers})
+    if not coupled:
+        return total, choice
+    cands = [sorted(set(live) | ({choice[d]} if choice[d] not in live else set())) for d in coupled]
+    n = math.prod(len(c) for c in cands)
+    if n > MAX_ENUMERATION:  # pragma: no cover - no space this large yet
+        raise LossError(f"extremes(): {n} combinations of shared-op choices; enumerate them explicitly")
+    grid = torch.cartesian_prod(*[torch.tensor(c) for c in cands]).reshape(n, len(coupled))  # (n, coupled)
+    col = {d: i for i, d in enumerate(coupled)}
+    fixed_part = base + sum(float(free[d][c]) for d, c in choice.items() if d not in col)
+    tot = torch.full((n,), fixed_part, dtype=torch.float64)  # (n,)
+    for d, i in col.items():
+        tot += free[d][grid[:, i]]
+    for readers, cost in shared:
+        for c in live:
+            hit = torch.zeros(n, dtype=torch.bool)
+            const = any(choice[r] == c for r in readers if r not in col)
+            for r in readers:
+                if r in col:
+                    hit |= grid[:, col[r]] == c
+            tot += float(cost[c]) * (torch.ones(n, dtype=torch.bool) if const else hit)
+    j = int(pick(tot))
+    return float(tot[j]), {**choice, **{d: int(grid[j, i]) for d, i in col.items()}}
+
+
 def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_labels: int = 2,
-                     overhead: float = 0.0, unit: str = "ms", dtype: torch.dtype = torch.float64) -> CostModel:
+                     overhead: float = 0.0, unit: str = "ms", dtype: torch.dtype = torch.float64,
+                     cse: bool = False) -> CostModel:
     """Turn ``space.cost_factors()`` into a :class:`CostModel` with ``per_op(spec)`` as each op's cost.
 
     Each cell's cost is ``sum(count * per_op(spec))`` over the ops that run for that combination of choices;
@@ -119,6 +199,7 @@ def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_
         overhead: a fixed extra cost (e.g. a predictor's per-call overhead).
         unit: label stored on the result.
         dtype: dtype of the cost tensors.
+        cse: the backend computes a parameter-free op once per tensor (onnxruntime): shared terms for those ops.
     Returns:
         The cost model.
     """
@@ -134,7 +215,15 @@ def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_
         return total
 
     terms: list[Term] = []
-    for f in space.cost_factors(num_labels):
+    shared: list[SharedTerm] = []
+    for f in space.cost_factors(num_labels, cse):
+        if isinstance(f, SharedFactor):
+            cost = torch.zeros(sizes[f.hub], sizes[f.readers[0]], dtype=dtype)  # (n_hub, n_choices)
+            for k, n in f.tensors.items():
+                for c, bag in f.ops.items():
+                    cost[k, c] = n * cell_cost(bag)
+            shared.append((f.hub, tuple(f.readers), cost))
+            continue
         if not f.decisions:
             overhead += cell_cost(f.cells[()])
             continue
@@ -142,7 +231,7 @@ def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_
         for idx, bag in f.cells.items():
             cost[idx] = cell_cost(bag)
         terms.append((tuple(f.decisions), cost))
-    return CostModel(float(overhead), terms, unit)
+    return CostModel(float(overhead), terms, unit, shared)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -180,6 +269,15 @@ def expected_latency(weights: dict[str, torch.Tensor], cost: CostModel) -> torch
         c = c.to(device=ref.device, dtype=ref.dtype)  # [n_d1(, n_d2)]
         subs = ",".join(f"...{_LETTERS[i]}" for i in range(len(ws))) + "," + _LETTERS[: len(ws)] + "->..."
         term = torch.einsum(subs, *ws, c)  # (...)
+        total = term if total is None else total + term
+    for hub, readers, c in cost.shared:
+        missing = [d for d in (hub, *readers) if d not in weights]
+        if missing:
+            raise LossError(f"expected_latency: no weights for decision(s) {missing}; the cost model needs "
+                            f"{cost.decisions()}")
+        c = c.to(device=ref.device, dtype=ref.dtype)  # (n_hub, n_choices)
+        none = torch.stack(torch.broadcast_tensors(*[1 - weights[r] for r in readers]), 0).prod(0)  # (..., n_choices)
+        term = torch.einsum("...k,...c,kc->...", weights[hub], 1 - none, c)  # (...)
         total = term if total is None else total + term
     if total is None:
         total = torch.zeros(ref.shape[:-1], device=ref.device, dtype=ref.dtype)  # (...)

@@ -34,7 +34,7 @@ from latency.loss import CostModel, build_cost_model
 from latency.lut import OpTable
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
 from latency.regression import OpRegressor
-from nas.spaces.base import SearchSpace, get_space
+from nas.spaces.base import SearchSpace, factor_bag, get_space
 from nas.spaces.ops import Context, OpSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ class Predictor(abc.ABC):
         self.grid = {"batch": sorted(grid["batch"]), "seq_len": sorted(grid["seq_len"])}  # measured Contexts
         self.profile = profile  # profile_hash of the device/backend/protocol it was fitted on
         self.meta = meta or {}  # informative: profile name, backend, fit details
+        # the backend computes a parameter-free op once per tensor however often the graph repeats it (onnxruntime's
+        # common-subexpression elimination); stored in predictor.json, absent (False) in files fitted before it
+        self.cse = bool(self.meta.get("cse", False))
         self._spaces: dict[str, SearchSpace] = {}
         self._factors: dict[str, list] = {}
 
@@ -126,16 +129,16 @@ class Predictor(abc.ABC):
     # -- predictions ---------------------------------------------------------------------------------------
     def _cost_factors(self, sp: SearchSpace):
         if sp.name not in self._factors:
-            self._factors[sp.name] = sp.cost_factors(self.cover(sp.name)["num_labels"])
+            self._factors[sp.name] = sp.cost_factors(self.cover(sp.name)["num_labels"], self.cse)
         return self._factors[sp.name]
 
     def arch_bag(self, arch) -> tuple[SearchSpace, dict[OpSpec, int]]:
-        """The covered space and the ops ``arch`` runs, with multiplicity."""
+        """The covered space and the ops ``arch`` runs on this backend, with multiplicity."""
         sp = self.space(arch.space, arch.preset, arch.version)
         idx = sp.indices(arch)
         bag: dict[OpSpec, int] = {}
         for f in self._cost_factors(sp):
-            for spec, n in f.cells[tuple(idx[d] for d in f.decisions)]:
+            for spec, n in factor_bag(f, idx):
                 bag[spec] = bag.get(spec, 0) + n
         return sp, bag
 
@@ -154,7 +157,7 @@ class Predictor(abc.ABC):
         specs = sorted(sp.unique_ops(self.cover(sp.name)["num_labels"]), key=lambda s: s.key)
         per = dict(zip(specs, (float(c) for c in self.op_costs(sp.name, specs, ctx))))
         return build_cost_model(sp, per.__getitem__, self.cover(sp.name)["num_labels"],
-                                overhead=self.overhead_ms(sp.name, ctx))
+                                overhead=self.overhead_ms(sp.name, ctx), cse=self.cse)
 
     # -- files -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -306,6 +309,16 @@ def e2e_rows(pred: Predictor, profile: ProfileData, split: str) -> list[Row]:
     return rows
 
 
+def merges_common_ops(backend: dict) -> bool:
+    """Whether a backend (profile.json's ``backend``) runs a parameter-free op repeated on one tensor once.
+
+    True for onnxruntime: the exported ONNX graph already holds each such op once (the exporter eliminates common
+    subexpressions; tested by counting the graph's pooling nodes), and onnxruntime's optimiser would merge them
+    too. False for eager PyTorch, which runs every call.
+    """
+    return backend.get("name") == "onnxruntime"
+
+
 def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed: int = 0,
         spec: CalibrationSpec = FULL) -> Predictor:
     """Fit a predictor of ``kind`` (default :data:`DEFAULT_KIND`) on a profile folder.
@@ -323,8 +336,9 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
         base: OpTable | OpRegressor = OpTable.from_frame(prof.ops, f"{prof.path}/ops.csv")
     else:
         base = OpRegressor.fit(prof.ops, seed=seed)
-    meta = {"profile_name": prof.name, "backend": prof.meta.get("backend", {}), "seed": seed,
-            "data_hash": data_hash(prof.path)}
+    backend = prof.meta.get("backend", {})
+    meta = {"profile_name": prof.name, "backend": backend, "seed": seed, "data_hash": data_hash(prof.path),
+            "cse": merges_common_ops(backend)}
     pred = OpPredictor(kind, base, [], spaces=prof.spaces(), grid={"batch": b, "seq_len": s},
                        profile=profile_hash(prof.meta), meta=meta)
     if kind.endswith("+calibration"):

@@ -22,7 +22,7 @@ from collections import defaultdict
 import pandas as pd
 
 from latency.calibration import FEW_SHOT, CalibrationSpec
-from latency.predictor import OpPredictor, Predictor, e2e_rows, predictor_from_dict
+from latency.predictor import OpPredictor, Predictor, e2e_rows, merges_common_ops, predictor_from_dict
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash
 
 
@@ -76,6 +76,7 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
     if missing:
         raise PredictorError(f"the source predictor does not cover space(s) {sorted(missing)} of {new.path}; "
                              f"transfer from a profile that covers them")
+    pred.cse = merges_common_ops(new.meta.get("backend", {}))  # the ops the new backend runs, not the source's
     rows = e2e_rows(pred, new, "calibration")
     chosen = pick_shots(rows, shots, seed)
     spaces_chosen = {r.space for r in chosen}
@@ -86,7 +87,7 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
     pred.spaces = [s for s in pred.spaces if s["name"] in spaces_chosen]
     pred.meta = {**pred.meta, "source_profile": source.meta.get("profile_name"), "source_hash": source.profile,
                  "profile_name": new.name, "backend": new.meta.get("backend", {}), "shots": len(chosen),
-                 "seed": seed, "data_hash": data_hash(new.path)}
+                 "seed": seed, "data_hash": data_hash(new.path), "cse": pred.cse}
     pred.profile = profile_hash(new.meta)
     return pred
 

@@ -192,7 +192,7 @@ def breakdown(d: Device, arch, ctx: Context) -> dict[str, float]:
     """Predicted ms per op kind on device ``d`` (fixed parts and the per-model overhead as their own entries)."""
     from nas.spaces.ops import OP_REGISTRY
 
-    ops = d.space.arch_ops(arch)
+    _, ops = d.predictor.arch_bag(arch)  # what this device's backend runs (repeated pooling once on onnxruntime)
     specs = list(ops)
     ms = d.predictor.op_costs(d.space.name, specs, ctx)
     out: Counter = Counter()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nas.arch import Architecture
-from nas.spaces.base import CostFactor, Decision, Preset, SearchSpace, get_space, register_space
+from nas.spaces.base import CostFactor, Decision, Preset, SearchSpace, SharedFactor, get_space, register_space
 from nas.spaces.ops import OpSpec, build_op
 
 ADABERT_OPS = (
@@ -26,6 +26,7 @@ ADABERT_OPS = (
     "avgpool:k=3", "maxpool:k=3", "identity", "zero",
 )  # fmt: skip
 NODES = 3
+SHAREABLE = ("avgpool", "maxpool", "identity")  # parameter-free op kinds: the same op on one tensor is one computation
 
 
 @dataclass
@@ -72,17 +73,34 @@ class AdaBertSpace(SearchSpace):
         p = self.preset
         return OpSpec.make("embed", p.hidden, vocab=p.vocab, dim=p.embed_dim, max_len=p.max_len, types=2)
 
-    def cost_factors(self, num_labels: int = 2) -> list[CostFactor]:
+    def cost_factors(self, num_labels: int = 2, cse: bool = False) -> list[CostFactor | SharedFactor]:
+        """Per edge: its op and the add into its node, once per cell. With ``cse`` (onnxruntime), the
+        parameter-free ops (pooling, identity) are :class:`SharedFactor` s instead: the same pooling of one tensor
+        by several edges runs once. Which tensors the edges share, with K cells, single-sentence input (the
+        embedding e feeds the first cell twice; cell k reads c(k-2), c(k-1)): e and c1..c(K-2) are each read by the
+        in0 and in1 edges (of two cells), c(K-1) by the in1 edges of the last cell only, and node n0 of each cell by
+        the n1.n0 and n2.n0 edges."""
         p = self.preset
         ks = self.decision("cells").choices
         add = OpSpec.make("add", p.hidden)  # each non-zero edge's output is added into its node
-        factors = [CostFactor("embedding", (), {(): ((self.embed_spec(), 1),)})]
+        shared = {ci: self.op(t) for ci, t in enumerate(p.ops) if cse and t != "zero" and self.op(t).kind in SHAREABLE}
+        factors: list[CostFactor | SharedFactor] = [CostFactor("embedding", (), {(): ((self.embed_spec(), 1),)})]
         for name, _, _ in edge_names():
             cells = {}
             for ki, k in enumerate(ks):
                 for ci, t in enumerate(p.ops):
-                    cells[(ki, ci)] = () if t == "zero" else ((self.op(t), k), (add, k))
+                    own = () if ci in shared else ((self.op(t), k),)
+                    cells[(ki, ci)] = () if t == "zero" else (*own, (add, k))
             factors.append(CostFactor(name, ("cells", name), cells))
+        if shared:
+            ops = {ci: ((spec, 1),) for ci, spec in shared.items()}
+            reads: dict[str, list[str]] = {}
+            for name, _, src in edge_names():
+                reads.setdefault(src, []).append(name)
+            groups = [("cell inputs", reads["in0"] + reads["in1"], {ki: max(k - 1, 1) for ki, k in enumerate(ks)}),
+                      ("last cell's in1", reads["in1"], {ki: int(k >= 2) for ki, k in enumerate(ks)})]
+            groups += [(f"node {src}", names, dict(enumerate(ks))) for src, names in reads.items() if src[0] == "n"]
+            factors += [SharedFactor(label, "cells", tuple(names), tensors, ops) for label, names, tensors in groups]
         combine = OpSpec.make("combine", p.hidden, nodes=NODES)
         factors.append(CostFactor("combine", ("cells",), {(ki,): ((combine, k),) for ki, k in enumerate(ks)}))
         factors.append(CostFactor("head", (), {(): ((OpSpec.make("head", p.hidden, labels=num_labels), 1),)}))

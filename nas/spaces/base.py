@@ -58,6 +58,48 @@ class CostFactor:
     cells: dict[tuple[int, ...], OpBag] = field(hash=False)
 
 
+@dataclass(frozen=True)
+class SharedFactor:
+    """Parameter-free ops that several decisions apply to the same tensors, computed once per tensor and op.
+
+    A backend that eliminates common subexpressions (onnxruntime's graph optimiser) runs one max-pooling of a
+    tensor however many edges read it; eager PyTorch runs it once per edge. For hub choice ``k`` there are
+    ``tensors[k]`` tensors that every decision in ``readers`` reads (e.g. the cell outputs an AdaBERT edge reads,
+    one per cell); for each op choice ``c`` taken by at least one reader, ``ops[c]`` runs once per such tensor. So
+    the cost is ``tensors[k] * sum over the distinct choices c of the readers of cost(ops[c])``, which is not a sum
+    over single decisions; the loss uses its expectation under independent choices (``latency.loss``).
+    """
+
+    name: str  # readable label, e.g. "cell inputs"
+    hub: str  # the decision that sets how many tensors (AdaBERT: "cells")
+    readers: tuple[str, ...]  # decisions with a common choice list, each applying its choice to those tensors
+    tensors: dict[int, int]  # hub choice index -> number of tensors read by every reader
+    ops: dict[int, OpBag] = field(hash=False)  # reader choice index -> ops run once per tensor (shareable choices)
+
+    @property
+    def decisions(self) -> tuple[str, ...]:
+        return (self.hub, *self.readers)
+
+    def bag(self, idx: dict[str, int]) -> OpBag:
+        """The ops this factor runs for one architecture (choice indices by decision)."""
+        n = self.tensors[idx[self.hub]]
+        chosen = sorted({idx[r] for r in self.readers} & set(self.ops))
+        return tuple((spec, count * n) for c in chosen for spec, count in self.ops[c] if n)
+
+
+def factor_bag(f: CostFactor | SharedFactor, idx: dict[str, int]) -> OpBag:
+    """The ops one factor runs for one architecture (choice indices by decision)."""
+    if isinstance(f, SharedFactor):
+        return f.bag(idx)
+    return f.cells[tuple(idx[d] for d in f.decisions)]
+
+
+def factor_specs(f: CostFactor | SharedFactor) -> set[OpSpec]:
+    """Every OpSpec the factor can run."""
+    bags = f.ops.values() if isinstance(f, SharedFactor) else f.cells.values()
+    return {s for bag in bags for s, _ in bag}
+
+
 @dataclass
 class Preset:
     """Base class of a space's preset config (a dataclass per space)."""
@@ -121,21 +163,23 @@ class SearchSpace(abc.ABC):
 
     # -- cost structure --------------------------------------------------------------------------------
     @abc.abstractmethod
-    def cost_factors(self, num_labels: int = 2) -> list[CostFactor]:
-        """The model's latency as a sum of factors over at most two decisions each."""
+    def cost_factors(self, num_labels: int = 2, cse: bool = False) -> list[CostFactor | SharedFactor]:
+        """The model's latency as a sum of factors over at most two decisions each, plus, with ``cse`` (a backend
+        that computes an op once per tensor however often the graph repeats it), :class:`SharedFactor` s."""
 
-    def arch_ops(self, arch: Architecture, num_labels: int = 2) -> Counter[OpSpec]:
-        """The ops one architecture runs, with multiplicity (from the same factors the loss uses)."""
+    def arch_ops(self, arch: Architecture, num_labels: int = 2, cse: bool = False) -> Counter[OpSpec]:
+        """The ops one architecture runs, with multiplicity (from the same factors the loss uses); with ``cse``,
+        an op repeated on one tensor counts once (what a backend that eliminates common subexpressions runs)."""
         idx = self.indices(arch)
         bag: Counter[OpSpec] = Counter()
-        for f in self.cost_factors(num_labels):
-            for spec, count in f.cells[tuple(idx[d] for d in f.decisions)]:
+        for f in self.cost_factors(num_labels, cse):
+            for spec, count in factor_bag(f, idx):
                 bag[spec] += count
-        return bag
+        return +bag
 
     def unique_ops(self, num_labels: int = 2) -> list[OpSpec]:
         """Every OpSpec any architecture of this space can run (what the profiler measures)."""
-        specs = {s for f in self.cost_factors(num_labels) for bag in f.cells.values() for s, _ in bag}
+        specs = {s for f in self.cost_factors(num_labels) for s in factor_specs(f)}
         return sorted(specs, key=lambda s: s.key)
 
     def flops(self, arch: Architecture, ctx: Context, num_labels: int = 2) -> int:

@@ -82,7 +82,8 @@ class NasBertSpace(SearchSpace):
         p = self.preset
         return OpSpec.make("embed", hidden, vocab=p.vocab, dim=p.embed_dim, max_len=p.max_len, types=2)
 
-    def cost_factors(self, num_labels: int = 2) -> list[CostFactor]:
+    def cost_factors(self, num_labels: int = 2, cse: bool = False) -> list[CostFactor]:
+        # every layer reads another tensor: nothing for a backend to share (``cse`` changes nothing)
         p = self.preset
         hs, ops = p.hiddens, p.op_templates()
         last = f"block{p.blocks - 1}.hidden"

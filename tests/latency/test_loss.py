@@ -185,3 +185,69 @@ def test_exact_extremes_match_brute_force(predictors, name):
     assert cost.value({**full, **lo_idx}) == pytest.approx(lo)
     assert cost.value({**full, **hi_idx}) == pytest.approx(hi)
     assert cost.range()[0] <= lo < hi <= cost.range()[1]
+
+
+def _toy_shared_model(seed: int, big_shared: bool) -> CostModel:
+    """A hub of 2 choices, 4 readers of 4 choices (choices 2 and 3 shareable), one shared group of all readers
+    and one of the last two; by hand so that brute force over 2 * 4**4 architectures is cheap."""
+    g = torch.Generator().manual_seed(seed)
+    readers = ("r0", "r1", "r2", "r3")
+    terms = [(("hub", r), torch.rand(2, 4, generator=g, dtype=torch.float64)) for r in readers]
+    terms.append((("hub",), torch.rand(2, generator=g, dtype=torch.float64)))
+    shared = []
+    for group in (readers, readers[2:]):
+        c = torch.zeros(2, 4, dtype=torch.float64)
+        c[:, 2:] = torch.rand(2, 2, generator=g, dtype=torch.float64) * (5.0 if big_shared else 0.2)
+        shared.append(("hub", group, c))
+    return CostModel(0.5, terms, "ms", shared)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shared_terms_extremes_value_and_expectation_by_brute_force(seed):
+    import itertools
+
+    cost = _toy_shared_model(seed, big_shared=seed % 2 == 0)
+    names = ["hub", "r0", "r1", "r2", "r3"]
+    combos = [dict(zip(names, c)) for c in itertools.product(range(2), *[range(4)] * 4)]
+    values = []
+    for idx in combos:
+        by_hand = cost.overhead_ms + sum(float(c[tuple(idx[d] for d in n)]) for n, c in cost.terms)
+        for hub, readers, c in cost.shared:
+            by_hand += sum(float(c[idx[hub], k]) for k in {idx[r] for r in readers})
+        assert cost.value(idx) == pytest.approx(by_hand)
+        w = {d: torch.nn.functional.one_hot(torch.tensor(idx[d]), 2 if d == "hub" else 4).double() for d in names}
+        assert float(expected_latency(w, cost)) == pytest.approx(by_hand)
+        values.append(by_hand)
+    (lo, lo_idx), (hi, hi_idx) = cost.extremes()
+    assert lo == pytest.approx(min(values)) and hi == pytest.approx(max(values))
+    assert cost.value(lo_idx) == pytest.approx(lo) and cost.value(hi_idx) == pytest.approx(hi)
+    assert cost.range()[0] <= lo < hi <= cost.range()[1]
+    # soft weights: the expectation over independent choices, by enumeration
+    g = torch.Generator().manual_seed(seed)
+    w = {d: torch.softmax(torch.randn(2 if d == "hub" else 4, generator=g, dtype=torch.float64), -1) for d in names}
+    mean = sum(v * float(torch.prod(torch.stack([w[d][idx[d]] for d in names]))) for idx, v in zip(combos, values))
+    assert float(expected_latency(w, cost)) == pytest.approx(mean)
+
+
+def test_cse_cost_model_matches_the_deduplicated_op_bag(predictors):
+    """AdaBERT with cse: one-hot expectation, value and predict agree, and a pooling-heavy cell costs less than
+    without cse (repeated pooling of one tensor counted once)."""
+    space = get_space("adabert", "tiny")
+    pred = predictors["lut+calibration"]
+    assert pred.cse  # the synthetic profile is onnxruntime
+    cost = pred.cost_matrix(space, CTX)
+    assert cost.shared
+    plain = build_cost_model(space, lambda s: 1.0, cse=False)
+    deduped = build_cost_model(space, lambda s: 1.0, cse=True)
+    for seed in range(12):
+        arch = space.sample(seed)
+        idx = space.indices(arch)
+        w = one_hot_weights(space, idx)
+        assert float(expected_latency(w, cost)) == pytest.approx(pred.predict(arch, CTX))
+        assert cost.value(idx) == pytest.approx(pred.predict(arch, CTX))
+        # unit costs count ops: the shared model counts the deduplicated bag
+        assert deduped.value(idx) == pytest.approx(sum(space.arch_ops(arch, cse=True).values()))
+        assert plain.value(idx) == pytest.approx(sum(space.arch_ops(arch).values()))
+    pool = {d.name: d.index("maxpool:k=3") for d in space.decisions() if d.name != "cells"}
+    pooled = space.from_indices({"cells": 2, **pool})
+    assert deduped.value(space.indices(pooled)) < plain.value(space.indices(pooled))

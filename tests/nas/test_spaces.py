@@ -190,3 +190,28 @@ def test_build_refuses_a_foreign_choice(tiny):
     a.choices[name] = "no-such-op"
     with pytest.raises(SpaceError, match=f"decision '{name}'"):
         tiny.build(a)
+
+
+def test_cse_op_bag_matches_the_exported_onnx_graph(tmp_path):
+    """``arch_ops(cse=True)`` counts the pooling nodes the exported graph really holds (the exporter merges a
+    pooling repeated on one tensor), for pooling-heavy AdaBERT cells of 1-3 cells."""
+    import collections
+
+    import onnx
+
+    from nas.arch import Architecture
+    from nas.export import export_arch
+    from nas.spaces.adabert import edge_names
+
+    space = get_space("adabert", "tiny")
+    pools = ("maxpool:k=3", "avgpool:k=3")
+    for seed in range(4):
+        rng = random.Random(seed)
+        choices = dict(space.sample(seed).choices)
+        choices.update({n: rng.choice(pools) for n, _, _ in edge_names() if rng.random() < 0.6})
+        arch = Architecture(space.name, space.version, space.preset.name, choices)
+        graph = onnx.load(str(export_arch(arch, tmp_path / f"m{seed}.onnx"))).graph
+        nodes = collections.Counter(n.op_type for n in graph.node)
+        bag, plain = space.arch_ops(arch, cse=True), space.arch_ops(arch)
+        assert (nodes["MaxPool"], nodes["AveragePool"]) == tuple(bag[space.op(t)] for t in pools)
+        assert sum(bag.values()) <= sum(plain.values())
