@@ -139,25 +139,21 @@ def _best_given_hubs(base: float, free: dict[str, torch.Tensor], shared: list[tu
     pick = torch.argmax if maximise else torch.argmin
     choice = {d: int(pick(v)) for d, v in free.items()}
     live = sorted({c for _, cost in shared for c in torch.nonzero(cost).flatten().tolist()})
+    readers_all = {r for readers, _ in shared for r in readers}
+    negative = any(float(cost.min()) < 0 for _, cost in shared)  # no bound on a shared choice: enumerate them all
     coupled = []
-    if live:
-        others = {d: [c for c in range(len(v)) if c not in live] for d, v in free.items()}
-        for d, v in free.items():
-            rest = others[d]
-            if not any(d in readers for readers, _ in shared):
-                continue
+    for d in sorted(readers_all) if live else ():
+        v = free[d]
+        rest = [c for c in range(len(v)) if c not in live]
+        if not rest or negative:
             choice[d] = rest[int(pick(v[rest]))] if rest else live[0]
-            if not rest:
-                coupled.append(d)
-                continue
-            if any(float(cost.min()) < 0 for _, cost in shared):
-                coupled.append(d)
-                continue
-            # the best shared choice at its best case (minimise: own cost only; maximise: own + all its shared costs)
-            extra = sum((cost for readers, cost in shared if d in readers), torch.zeros_like(v)) if maximise else 0
-            edge = (v + extra)[live]
-            if float((sign * (edge - v[choice[d]])).min()) < 0:
-                coupled.append(d)
+            coupled.append(d)
+            continue
+        choice[d] = rest[int(pick(v[rest]))]
+        # the best shared choice at its best case (minimise: own cost only; maximise: own + all its shared costs)
+        extra = sum((cost for readers, cost in shared if d in readers), torch.zeros_like(v)) if maximise else 0
+        if float((sign * ((v + extra)[live] - v[choice[d]])).min()) < 0:
+            coupled.append(d)
     total = base + sum(float(free[d][c]) for d, c in choice.items())
     total += sum(float(cost[c]) for readers, cost in shared for c in {choice[r] for r in readers})
     if not coupled:
@@ -172,14 +168,13 @@ def _best_given_hubs(base: float, free: dict[str, torch.Tensor], shared: list[tu
     tot = torch.full((n,), fixed_part, dtype=torch.float64)  # (n,)
     for d, i in col.items():
         tot += free[d][grid[:, i]]
-    for readers, cost in shared:
+    for readers, cost in shared:  # readers left out of the grid take a non-shared choice: only the grid can hit c
         for c in live:
             hit = torch.zeros(n, dtype=torch.bool)
-            const = any(choice[r] == c for r in readers if r not in col)
             for r in readers:
                 if r in col:
                     hit |= grid[:, col[r]] == c
-            tot += float(cost[c]) * (torch.ones(n, dtype=torch.bool) if const else hit)
+            tot += float(cost[c]) * hit
     j = int(pick(tot))
     return float(tot[j]), {**choice, **{d: int(grid[j, i]) for d, i in col.items()}}
 
@@ -255,12 +250,12 @@ def expected_latency(weights: dict[str, torch.Tensor], cost: CostModel) -> torch
     if not weights:
         raise LossError("expected_latency: no weights given; pass one (..., n_choices) tensor per decision")
     ref = next(iter(weights.values()))
+    missing = [d for d in cost.decisions() if d not in weights]
+    if missing:
+        raise LossError(f"expected_latency: no weights for decision(s) {missing}; the cost model needs "
+                        f"{cost.decisions()}")
     total = None
     for names, c in cost.terms:
-        missing = [d for d in names if d not in weights]
-        if missing:
-            raise LossError(f"expected_latency: no weights for decision(s) {missing}; the cost model needs "
-                            f"{cost.decisions()}")
         ws = [weights[d] for d in names]
         for axis, (d, w) in enumerate(zip(names, ws)):
             if w.shape[-1] != c.shape[axis]:
@@ -271,10 +266,6 @@ def expected_latency(weights: dict[str, torch.Tensor], cost: CostModel) -> torch
         term = torch.einsum(subs, *ws, c)  # (...)
         total = term if total is None else total + term
     for hub, readers, c in cost.shared:
-        missing = [d for d in (hub, *readers) if d not in weights]
-        if missing:
-            raise LossError(f"expected_latency: no weights for decision(s) {missing}; the cost model needs "
-                            f"{cost.decisions()}")
         c = c.to(device=ref.device, dtype=ref.dtype)  # (n_hub, n_choices)
         none = torch.stack(torch.broadcast_tensors(*[1 - weights[r] for r in readers]), 0).prod(0)  # (..., n_choices)
         term = torch.einsum("...k,...c,kc->...", weights[hub], 1 - none, c)  # (...)

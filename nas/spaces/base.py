@@ -76,10 +76,6 @@ class SharedFactor:
     tensors: dict[int, int]  # hub choice index -> number of tensors read by every reader
     ops: dict[int, OpBag] = field(hash=False)  # reader choice index -> ops run once per tensor (shareable choices)
 
-    @property
-    def decisions(self) -> tuple[str, ...]:
-        return (self.hub, *self.readers)
-
     def bag(self, idx: dict[str, int]) -> OpBag:
         """The ops this factor runs for one architecture (choice indices by decision)."""
         n = self.tensors[idx[self.hub]]
