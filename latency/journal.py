@@ -55,7 +55,8 @@ class Journal:
     ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
 
     def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
-        self.folder, self.protocol, self.k = folder, protocol, protocol.visits
+        self.folder, self.protocol = folder, protocol
+        self.rules = {kind: protocol.for_kind(kind) for kind in ("op", "e2e")}  # visits and retakes per kind
         self.by_key = {j.visit_key: j for j in jobs}
         self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
         self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
@@ -76,8 +77,8 @@ class Journal:
         """Whether the entry still takes visits: a retest entry until its visits agree, an entry until its row
         is written."""
         if job.retest:
-            got = self.visits_of(job)
-            return len(got) < self.k or wants_retake([v["latency_p50_ms"] for v in got], self.protocol)
+            got, rules = self.visits_of(job), self.rules[job.kind]
+            return len(got) < rules.visits or wants_retake([v["latency_p50_ms"] for v in got], rules)
         return job.key not in self.done
 
     def wants(self, job: Job, visit: int) -> bool:
@@ -86,7 +87,7 @@ class Journal:
         got = self.visits.get(job.visit_key, {})
         if visit in got or not self._open(job):
             return False
-        return visit < self.k or len(got) == visit
+        return visit < self.rules[job.kind].visits or len(got) == visit
 
     def __enter__(self) -> Journal:
         self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
@@ -107,10 +108,10 @@ class Journal:
 
     def _finish(self, job: Job) -> None:
         """Write the entry's row once its visits are in and agree (or ``max_visits`` are taken)."""
-        got = self.visits_of(job)
-        if job.retest or job.key in self.done or len(got) < self.k:
+        got, rules = self.visits_of(job), self.rules[job.kind]
+        if job.retest or job.key in self.done or len(got) < rules.visits:
             return
-        if wants_retake([v["latency_p50_ms"] for v in got], self.protocol):
+        if wants_retake([v["latency_p50_ms"] for v in got], rules):
             return
         self.out[job.kind].append(entry_row(job, got))
         self.done.add(job.key)

@@ -12,6 +12,7 @@ True
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import replace
@@ -26,13 +27,18 @@ EXPORT_CTX = Context(2, 16)  # example shape graphs are exported (traced) at; ax
 
 
 def warm_up(backend: Backend, runnable: Runnable, protocol: Protocol) -> int:
-    """Untimed runs: at least ``warmup_runs`` and at least ``warmup_min_s`` seconds. Returns the run count."""
-    runs, spent, chunk = 0, 0.0, max(1, protocol.warmup_runs)
-    while runs < protocol.warmup_runs or spent < protocol.warmup_min_s:
-        spent += sum(backend.time(runnable, chunk))
+    """Untimed runs: at least ``warmup_runs`` (unless one run alone lasts ``warmup_min_s``) and at least
+    ``warmup_min_s`` seconds, in chunks sized from the runs so far so the minimum is not overshot. Returns the run
+    count."""
+    runs, spent, chunk = 0, 0.0, 1
+    while True:
+        times = backend.time(runnable, chunk)
+        spent += sum(times)
         runs += chunk
-        chunk = runs  # double
-    return runs
+        if spent >= protocol.warmup_min_s and (runs >= protocol.warmup_runs or min(times) >= protocol.warmup_min_s):
+            return runs
+        per_run = max(min(times), 1e-9)
+        chunk = max(protocol.warmup_runs - runs, math.ceil((protocol.warmup_min_s - spent) / per_run), 1)
 
 
 def warm_up_fresh(backend: Backend, runnable: Runnable, protocol: Protocol) -> int:
@@ -60,7 +66,7 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
 
 def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: Protocol, kind: str = "e2e",
                       seed: int = 0) -> dict[str, dict]:
-    """Time prepared runnables the profiler's way: ``protocol.visits`` rounds, each visiting every entry once in
+    """Time prepared runnables the profiler's way: ``visits`` rounds (of ``kind``'s rules), each visiting every entry once in
     its own seeded order, then extra rounds for the entries whose visits disagree (:func:`wants_retake`), up to
     ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry :func:`combine_visits`.
 
@@ -71,9 +77,9 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     for r in entries.values():  # every session is fresh here
         warm_up_fresh(backend, r, protocol)
     visits: dict[str, list[dict]] = {k: [] for k in entries}
-    for v in range(max(protocol.visits, protocol.max_visits)):
-        order = [k for k in entries if v < protocol.visits or wants_retake(
-            [x["latency_p50_ms"] for x in visits[k]], protocol)]
+    for v in range(max(rules.visits, rules.max_visits)):
+        order = [k for k in entries if v < rules.visits or wants_retake(
+            [x["latency_p50_ms"] for x in visits[k]], rules)]
         if not order:
             break
         random.Random(f"{seed}:visit{v}").shuffle(order)

@@ -2,14 +2,14 @@
 architectures end to end, into a resumable profile folder (docs/formats.md).
 
 The plan is a fixed list of entries (ops and e2e architectures at each Context). Each entry is measured in
-``protocol.visits`` visits, one per round; each round goes over all entries in its own seeded random order, so slow
+``protocol.visits`` visits (whole models ``e2e_visits``), one per round; each round goes over all entries in its own seeded random order, so slow
 drift of the machine and bursts of load spread over all entries instead of biasing some, and an entry's median of
 visit medians outvotes one spoiled visit. Each visit is appended durably to ``visits.csv`` as it ends, and an
 entry's row to ``ops.csv`` / ``e2e.csv`` once its visits are in (:class:`Journal`): killing the process at any
 moment and re-running the same command resumes where it stopped. At the end a seeded sample of entries is measured
 again (all visits: test-retest agreement) and each op is set against the roofline.
 
->>> cfg = ProfileConfig(spaces=(("nasbert", "tiny"),), batch=(1,), seq_len=(16,), e2e=2)
+>>> cfg = ProfileConfig(spaces=(("nasbert", "tiny"),), batch=(1,), seq_len=(16,), e2e=2, search_like=False)
 >>> jobs = plan_jobs(cfg)
 >>> sum(j.kind == "e2e" for j in jobs), [j.split for j in jobs if j.kind == "e2e"].count("test")
 (2, 1)
@@ -299,30 +299,37 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
 
 
 def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None = None) -> list[tuple[int, Job]]:
-    """(visit, job) in measurement order: round v measures every entry once, in its own seeded order."""
+    """(visit, job) in measurement order: round v measures every entry that takes a v-th main visit (ops
+    ``visits``, whole models ``e2e_visits``) once, in its own seeded order."""
     out = []
-    for v in range(first, protocol.visits if last is None else last):
+    for v in range(first, max_main_visits(protocol) if last is None else last):
         order = list(jobs)
         if v:
             random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
-        out += [(v, j) for j in order]
+        out += [(v, j) for j in order if last is not None or v < protocol.for_kind(j.kind).visits]
     return out
+
+
+def max_main_visits(protocol: Protocol) -> int:
+    return max(protocol.for_kind(k).visits for k in ("op", "e2e"))
 
 
 def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
                  session: dict) -> None:
     """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
     (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached."""
-    todo = [(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)]
-    bar.add(len(todo))
-    for v in range(protocol.visits, max(protocol.visits, protocol.max_visits) + 1):
+    def measure(todo: list[tuple[int, Job]]) -> None:
+        bar.add(len(todo))
         for w, job in todo:
             bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
             journal.add(job, w, measure_visit(graphs, job, protocol))
             session["visits_measured"] += 1
             bar.advance()
-        todo = [(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)]
-        bar.add(len(todo))
+
+    measure([(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)])
+    first_extra = min(protocol.for_kind(k).visits for k in ("op", "e2e"))
+    for v in range(first_extra, max(max_main_visits(protocol), protocol.max_visits)):
+        measure([(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)])
 
 
 def _lock(folder: Path):

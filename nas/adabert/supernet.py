@@ -9,7 +9,7 @@ one-hot entry, so gradients reach every logit through the soft sample (GDAS-styl
 >>> from nas.spaces import get_space
 >>> net = SuperNet(get_space("adabert", "tiny"), num_labels=2, pair=False)
 >>> sorted(net.arch_logits)[:2], net.arch_logits["cells"].shape
-(['cells', 'n0.in0'], torch.Size([3]))
+(['cells', 'n0_in0'], torch.Size([3]))
 """
 from __future__ import annotations
 

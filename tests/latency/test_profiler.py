@@ -243,3 +243,44 @@ def test_measure_with_a_profiles_protocol(tiny_profile, tmp_path, capsys):
     stored = json.loads((out / "profile.json").read_text())["protocol"]
     assert rc == 0 and r["protocol"] == Protocol.from_dict(stored).to_dict()
     assert 2 <= r["visits"] <= stored["max_visits"] and r["n_runs"] >= 2 * stored["cap_min_runs"]
+
+
+class StepBackend:
+    """A backend whose every run takes ``run_s`` seconds (for the warm-up rule)."""
+
+    def __init__(self, run_s: float) -> None:
+        self.run_s, self.calls = run_s, []
+
+    def time(self, runnable, n: int) -> list[float]:
+        self.calls.append(n)
+        return [self.run_s] * n
+
+
+@pytest.mark.parametrize("run_s, runs", [(0.001, 100), (0.03, 4), (0.07, 2), (0.2, 1)])
+def test_warm_up_reaches_its_minimum_without_overshooting(run_s, runs):
+    from latency.measure import warm_up
+
+    rules = Protocol().for_kind("e2e")  # at least 2 runs and 0.1 s, unless one run alone lasts 0.1 s
+    be = StepBackend(run_s)
+    assert warm_up(be, None, rules) == runs == sum(be.calls) and len(be.calls) <= 3
+
+
+def test_whole_models_take_two_visits_and_a_third_only_when_they_disagree(tmp_path):
+    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
+    from latency.stats import wants_retake
+
+    protocol = replace(quick_protocol(Protocol()), visits=3, e2e_visits=2, max_visits=3, retake_spread=0.01)
+    run_profile(tiny_config(protocol=protocol, search_like=False), tmp_path / "p")
+    per_entry: dict = {}
+    for r in read_rows(tmp_path / "p" / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+        per_entry.setdefault((r["entry"], r["graph"], r["batch"], r["seq_len"]), []).append(r)
+    e2e_rules = protocol.for_kind("e2e")
+    for (entry, *_), got in per_entry.items():
+        got = sorted(got, key=lambda r: r["visit"])
+        assert [r["visit"] for r in got] == list(range(len(got)))
+        if entry == "op":
+            assert len(got) == 3
+        else:
+            first_two = [r["latency_p50_ms"] for r in got[:2]]
+            assert len(got) == (3 if wants_retake(first_two, e2e_rules) else 2)
+    assert any(e == "e2e" for e, *_ in per_entry)
