@@ -89,9 +89,15 @@ class ProfileConfig:
     homogeneous: bool | None = None  # the homogeneous ones alone (None: with search_like)
     split: str = "alternate"  # e2e rows: "alternate" calibration / test, or all "calibration" (a transfer profile)
     transfer_from: dict | None = None  # {name, hash} of the profile a --transfer-from measurement adapts
+    e2e_contexts: tuple[tuple[int, int], ...] | None = None  # whole models at these (batch, seq_len) only (None:
+    # the grid's; a transfer measurement leaves out its costliest corner)
 
     def contexts(self) -> list[Context]:
         return [Context(b, s) for b in self.batch for s in self.seq_len]
+
+    def e2e_ctxs(self) -> list[Context]:
+        """The Contexts whole architectures are measured at."""
+        return [Context(b, s) for b, s in self.e2e_contexts] if self.e2e_contexts else self.contexts()
 
     def load_spaces(self) -> list:
         from nas.spaces import get_space
@@ -157,12 +163,12 @@ def plan_jobs(cfg: ProfileConfig) -> list[Job]:
     ops, the sampled architectures and (``search_like``) the homogeneous ones."""
     from latency.archsets import homogeneous_archs
 
-    spaces, ctxs = cfg.load_spaces(), cfg.contexts()
+    spaces, ctxs = cfg.load_spaces(), cfg.e2e_ctxs()
     for space in spaces:
-        for ctx in ctxs:
+        for ctx in {*cfg.contexts(), *ctxs}:
             check_context(space, ctx)
     specs = sorted({s for space in spaces for s in space.unique_ops(num_labels=NUM_LABELS)}, key=lambda s: s.key)
-    jobs = [Job("op", s.key, c, spec=s, label=s.key) for s in specs for c in ctxs]
+    jobs = [Job("op", s.key, c, spec=s, label=s.key) for s in specs for c in cfg.contexts()]
     for space in spaces:
         seen: set[str] = set()
         jobs += arch_jobs(sample_archs(space, cfg.e2e, cfg.seed), ctxs, "", cfg.split, seen)
@@ -215,7 +221,7 @@ def derive_archs(cfg: ProfileConfig, folder: Path, meta: dict) -> dict:
 def derived_jobs(cfg: ProfileConfig, derived: dict, planned: list[Job]) -> list[Job]:
     from nas.arch import Architecture
 
-    ctxs, out = cfg.contexts(), []
+    ctxs, out = cfg.e2e_ctxs(), []
     for space in cfg.load_spaces():
         seen = {j.graph for j in planned if j.kind == "e2e" and j.arch.space == space.name}
         archs = [Architecture.from_dict(d, "profile.json derived_archs") for d in derived["archs"].get(space.name, [])]
@@ -236,7 +242,8 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
         "e2e": {"per_space": cfg.e2e, "seed": cfg.seed,
                 "split": ("all calibration" if cfg.split == "calibration" else
                           "alternate within each set: calibration, test, calibration, ..."),
-                "search_like": cfg.search_like, "homogeneous": cfg.homogeneous},
+                "search_like": cfg.search_like, "homogeneous": cfg.homogeneous,
+                **({"contexts": [list(c) for c in cfg.e2e_contexts]} if cfg.e2e_contexts else {})},
         "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [], "transfer_from": cfg.transfer_from,
     }
 

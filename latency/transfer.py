@@ -1,9 +1,11 @@
 """Transfer to a new device: a few minutes of measurement there instead of a full profile.
 
 ``hwnas profile --transfer-from SRC --out NEW`` (:func:`transfer_config`, :func:`fit_transfer`) times every op of
-SRC's spaces at the four corners of SRC's Context grid and a few whole architectures there; the new device's op
-table is SRC's, each op scaled by its own measured ratio (interpolated between the corners), and a calibration
-layer is fitted on the new whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
+SRC's spaces at the four corners of SRC's Context grid, and a few whole architectures (the homogeneous ones and
+:data:`TRANSFER_E2E` sampled ones per space) at :func:`e2e_contexts`: three corners and the grid's middle, not the
+largest corner, which alone took a third of the measurement. The new device's op table is SRC's, each op scaled
+by its own measured ratio (interpolated between the corners), and a calibration layer is fitted on the new
+whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
 one layer on a handful of whole-model rows only (``hwnas fit NEW --from SRC --e2e-only``).
 
 Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
@@ -93,7 +95,8 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
 
 
 # ------------------------------------------------------------------------------------ a new device in minutes
-TRANSFER_E2E = 4  # sampled whole architectures per space a transfer measurement times (plus the homogeneous ones)
+TRANSFER_E2E = 2  # sampled whole architectures per space a transfer measurement times (plus the homogeneous ones;
+# 4 instead of 2 gained nothing in a replay on the AMD torch profile)
 TRANSFER_SPEC = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",),
                                 per_kind=True)  # smooth in the Context: rows exist only at the grid's corners
 
@@ -102,6 +105,24 @@ def corners(values: list[int]) -> tuple[int, ...]:
     """The smallest and the largest of a grid axis."""
     v = sorted(values)
     return (v[0], v[-1]) if len(v) > 1 else (v[0],)
+
+
+def middle(values: list[int]) -> int:
+    """The grid axis value in the middle (the upper one of two)."""
+    v = sorted(values)
+    return v[len(v) // 2]
+
+
+def e2e_contexts(batch: list[int], seq_len: list[int]) -> tuple[tuple[int, int], ...]:
+    """Where a transfer measurement times whole models: the corners of the grid but the largest, and its middle.
+
+    >>> e2e_contexts([1, 8, 32], [32, 64, 128, 256])
+    ((1, 32), (1, 256), (32, 32), (8, 128))
+    """
+    (b0, *b1), (s0, *s1) = corners(batch), corners(seq_len)
+    out = [(b, s) for b in (b0, *b1) for s in (s0, *s1) if (b, s) != (max(batch), max(seq_len))]
+    mid = (middle(batch), middle(seq_len))
+    return tuple(out + ([mid] if mid not in out else [])) or ((b0, s0),)
 
 
 def check_source(src: ProfileData, device: str) -> None:
@@ -130,7 +151,7 @@ def check_source(src: ProfileData, device: str) -> None:
 def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e2e: int | None = None,
                     seed: int = 0):
     """The short measurement of a new device: every op of the source's spaces at the corners of its grid, and
-    a few whole architectures (sampled and homogeneous) there, all for calibration."""
+    a few whole architectures (sampled and homogeneous) at :func:`e2e_contexts`, all for calibration."""
     from dataclasses import replace
 
     from latency.profiler import ProfileConfig
@@ -143,6 +164,7 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
     return ProfileConfig(backend=backend, device=device, threads=threads,
                          spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=corners(b),
                          seq_len=corners(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
+                         e2e_contexts=e2e_contexts(b, s),
                          search_like=False, homogeneous=True, split="calibration",
                          transfer_from={"name": src.name, "path": str(src.path), "profile": profile_hash(src.meta),
                                         "data_hash": data_hash(src.path)})

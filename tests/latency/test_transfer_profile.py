@@ -88,6 +88,9 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     assert {(int(b), int(s)) for b, s in zip(prof.ops["batch"], prof.ops["seq_len"])} == {(1, 16), (1, 32), (4, 16),
                                                                                          (4, 32)}
     assert set(prof.e2e["split"]) == {"calibration"} and prof.meta["transfer_from"]["name"] == "tiny"
+    # whole models: three corners and the middle, not the costliest corner (batch 4 x seq_len 32)
+    assert {(int(b), int(s)) for b, s in zip(prof.e2e["batch"], prof.e2e["seq_len"])} == {(1, 16), (1, 32), (4, 16),
+                                                                                         (2, 32)}
     saved = json.loads((new / "predictor.json").read_text())
     assert saved["grid"] == {"batch": [1, 2, 4], "seq_len": [16, 32]}  # the source's grid
     # the same command again: nothing measured, the predictor refitted the same way
