@@ -1,10 +1,10 @@
 """``hwnas profile``: every unique op of the chosen spaces at every Context of a grid, plus whole sampled
 architectures end to end, into a resumable profile folder (docs/formats.md).
 
-The plan is a fixed list of entries (ops and e2e architectures at each Context). Each entry is measured in
-``protocol.visits`` visits (whole models ``e2e_visits``), one per round; each round goes over all entries in its own seeded random order, so slow
-drift of the machine and bursts of load spread over all entries instead of biasing some, and an entry's median of
-visit medians outvotes one spoiled visit. Each visit is appended durably to ``visits.csv`` as it ends, and an
+The plan is a fixed list of entries (ops and e2e architectures at each Context). Each op is measured in
+``protocol.visits`` visits, each whole model in ``e2e_visits``, one per round; each round goes over all entries in
+its own seeded random order, so slow drift of the machine and bursts of load spread over all entries instead of
+biasing some, and an entry's median of visit medians outvotes one spoiled visit. Each visit is appended durably to ``visits.csv`` as it ends, and an
 entry's row to ``ops.csv`` / ``e2e.csv`` once its visits are in (:class:`Journal`): killing the process at any
 moment and re-running the same command resumes where it stopped. At the end a seeded sample of entries is measured
 again (all visits: test-retest agreement) and each op is set against the roofline.
@@ -306,8 +306,9 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
 
 
 def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None = None) -> list[tuple[int, Job]]:
-    """(visit, job) in measurement order: round v measures every entry that takes a v-th main visit (ops
-    ``visits``, whole models ``e2e_visits``) once, in its own seeded order."""
+    """(visit, job) in measurement order, each round in its own seeded order. The main rounds (``last`` None)
+    hold the entries that take a v-th main visit (ops ``visits``, whole models ``e2e_visits``); rounds asked for by
+    ``first``/``last`` hold every entry, and :meth:`Journal.wants` picks those needing another visit."""
     out = []
     for v in range(first, max_main_visits(protocol) if last is None else last):
         order = list(jobs)
@@ -318,6 +319,7 @@ def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None
 
 
 def max_main_visits(protocol: Protocol) -> int:
+    """The number of main rounds: the larger of the op and the whole-model visits."""
     return max(protocol.for_kind(k).visits for k in ("op", "e2e"))
 
 

@@ -98,7 +98,7 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
 TRANSFER_E2E = 2  # sampled whole architectures per space a transfer measurement times (plus the homogeneous ones;
 # 4 instead of 2 gained nothing in a replay on the AMD torch profile)
 TRANSFER_SPEC = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",),
-                                per_kind=True)  # smooth in the Context: rows exist only at the grid's corners
+                                per_kind=True)  # smooth in the Context: whole-model rows exist at four Contexts only
 
 
 def corners(values: list[int]) -> tuple[int, ...]:
