@@ -34,7 +34,7 @@ from latency.loss import CostModel, build_cost_model
 from latency.lut import OpTable
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
 from latency.regression import OpRegressor
-from nas.spaces.base import SearchSpace, factor_bag, get_space
+from nas.spaces.base import SearchSpace, factors_bag, get_space
 from nas.spaces.ops import Context, OpSpec
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,7 @@ class Predictor(abc.ABC):
     def arch_bag(self, arch) -> tuple[SearchSpace, dict[OpSpec, int]]:
         """The covered space and the ops ``arch`` runs on this backend, with multiplicity."""
         sp = self.space(arch.space, arch.preset, arch.version)
-        idx = sp.indices(arch)
-        bag: dict[OpSpec, int] = {}
-        for f in self._cost_factors(sp):
-            for spec, n in factor_bag(f, idx):
-                bag[spec] = bag.get(spec, 0) + n
-        return sp, bag
+        return sp, factors_bag(self._cost_factors(sp), sp.indices(arch))
 
     def predict(self, arch, ctx: Context) -> float:
         """Milliseconds of ``arch`` run whole at ``ctx`` on the profiled device and backend."""

@@ -306,15 +306,15 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
 
 
 def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None = None) -> list[tuple[int, Job]]:
-    """(visit, job) in measurement order, each round in its own seeded order. The main rounds (``last`` None)
-    hold the entries that take a v-th main visit (ops ``visits``, whole models ``e2e_visits``); rounds asked for by
-    ``first``/``last`` hold every entry, and :meth:`Journal.wants` picks those needing another visit."""
+    """(visit, job) for rounds ``first`` to ``last`` (default: the main rounds), each over every entry in its own
+    seeded order; :meth:`Journal.wants` picks the visits still to take (ops ``visits``, whole models
+    ``e2e_visits``, then retakes)."""
     out = []
     for v in range(first, max_main_visits(protocol) if last is None else last):
         order = list(jobs)
         if v:
             random.Random(f"{protocol.seed}:visit{v}").shuffle(order)
-        out += [(v, j) for j in order if last is not None or v < protocol.for_kind(j.kind).visits]
+        out += [(v, j) for j in order]
     return out
 
 

@@ -119,10 +119,9 @@ def e2e_contexts(batch: list[int], seq_len: list[int]) -> tuple[tuple[int, int],
     >>> e2e_contexts([1, 8, 32], [32, 64, 128, 256])
     ((1, 32), (1, 256), (32, 32), (8, 128))
     """
-    (b0, *b1), (s0, *s1) = corners(batch), corners(seq_len)
-    out = [(b, s) for b in (b0, *b1) for s in (s0, *s1) if (b, s) != (max(batch), max(seq_len))]
+    out = [(b, s) for b in corners(batch) for s in corners(seq_len) if (b, s) != (max(batch), max(seq_len))]
     mid = (middle(batch), middle(seq_len))
-    return tuple(out + ([mid] if mid not in out else [])) or ((b0, s0),)
+    return tuple(out + ([mid] if mid not in out else []))
 
 
 def check_source(src: ProfileData, device: str) -> None:

@@ -90,6 +90,15 @@ def factor_bag(f: CostFactor | SharedFactor, idx: dict[str, int]) -> OpBag:
     return f.cells[tuple(idx[d] for d in f.decisions)]
 
 
+def factors_bag(factors: list[CostFactor | SharedFactor], idx: dict[str, int]) -> Counter[OpSpec]:
+    """The ops an architecture (choice indices by decision) runs under ``factors``, with multiplicity."""
+    bag: Counter[OpSpec] = Counter()
+    for f in factors:
+        for spec, count in factor_bag(f, idx):
+            bag[spec] += count
+    return +bag
+
+
 def factor_specs(f: CostFactor | SharedFactor) -> set[OpSpec]:
     """Every OpSpec the factor can run."""
     bags = f.ops.values() if isinstance(f, SharedFactor) else f.cells.values()
@@ -166,12 +175,7 @@ class SearchSpace(abc.ABC):
     def arch_ops(self, arch: Architecture, num_labels: int = 2, cse: bool = False) -> Counter[OpSpec]:
         """The ops one architecture runs, with multiplicity (from the same factors the loss uses); with ``cse``,
         an op repeated on one tensor counts once (what a backend that eliminates common subexpressions runs)."""
-        idx = self.indices(arch)
-        bag: Counter[OpSpec] = Counter()
-        for f in self.cost_factors(num_labels, cse):
-            for spec, count in factor_bag(f, idx):
-                bag[spec] += count
-        return +bag
+        return factors_bag(self.cost_factors(num_labels, cse), self.indices(arch))
 
     def unique_ops(self, num_labels: int = 2) -> list[OpSpec]:
         """Every OpSpec any architecture of this space can run (what the profiler measures)."""
