@@ -102,8 +102,13 @@ def export_arch(arch, path: str | os.PathLike, num_labels: int = 2, pair: bool =
     return export_model(model, space, path, pair=pair)
 
 
-def ort_session(path: str | os.PathLike, threads: int = 1, providers: list[str] | None = None):
-    """An onnxruntime session with a fixed thread count (intra- and inter-op) and full graph optimisation."""
+def ort_session(path: str | os.PathLike, threads: int = 1, providers: list[str] | None = None,
+                disabled_optimizers: tuple[str, ...] = (), optimized_path: str | os.PathLike | None = None):
+    """An onnxruntime session with a fixed thread count (intra- and inter-op) and full graph optimisation.
+
+    ``disabled_optimizers`` names graph transformers to leave out (e.g. ``"SkipLayerNormFusion"``);
+    ``optimized_path`` makes onnxruntime write the graph it actually runs there (to inspect its fusions).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -112,7 +117,10 @@ def ort_session(path: str | os.PathLike, threads: int = 1, providers: list[str] 
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers) or None)
 
 
 def check_parity(model: nn.Module, path: str | os.PathLike, inputs: dict[str, torch.Tensor]) -> float:

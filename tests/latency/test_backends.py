@@ -118,3 +118,42 @@ def test_measure_arch_on_cuda():
     arch = get_space("nasbert", "tiny").sample(0)
     r = measure_arch(arch, Context(4, 32), backend="torch", device="cuda", protocol=FAST)
     assert r["device"] == "cuda" and r["latency_p50_ms"] > 0
+
+
+def _run_node_types(path, tmp_path, disabled=()) -> set[str]:
+    """The node types onnxruntime actually runs for the graph at ``path`` (after its fusions)."""
+    import onnx
+
+    from nas.export import ort_session
+
+    out = tmp_path / f"{path.stem}.opt.onnx"
+    ort_session(path, disabled_optimizers=disabled, optimized_path=out)
+    return {n.op_type for n in onnx.load(str(out)).graph.node}
+
+
+def test_op_graphs_get_only_the_fusions_whole_models_get(tmp_path):
+    """An op is timed as it runs inside a model: every kernel its timing graph runs also runs in whole models of
+    that op, and the Add + LayerNorm fusion a model never gets is kept out (with it, the op graph differs)."""
+    from latency.backends.onnxruntime import OP_GRAPH_DISABLED
+    from nas.arch import Architecture
+    from nas.export import export_arch
+
+    space = get_space("nasbert", "tiny")
+    p = space.preset
+    with get_backend("onnxruntime") as be:
+        be.use_workdir(tmp_path)
+        assert be.info()["op_graph_disabled_optimizers"] == list(OP_GRAPH_DISABLED)
+        for template in p.op_templates():
+            arch = Architecture(space.name, space.version, p.name,
+                                {**{f"block{b}.hidden": p.hiddens[0] for b in range(p.blocks)},
+                                 **{f"layer{i}.op": template for i in range(p.layers)}})
+            model = _run_node_types(export_arch(arch, tmp_path / "model.onnx"), tmp_path)
+            for spec in space.arch_ops(arch):
+                if spec.kind == "identity":  # a bare pass-through graph; a model runs nothing for it
+                    continue
+                r = be.prepare(build_op(spec).eval(), inputs(spec, EXPORT_CTX))
+                assert r.disabled == OP_GRAPH_DISABLED
+                op = _run_node_types(r.path, tmp_path, r.disabled)
+                assert op <= model, f"{spec.key}: kernels {sorted(op - model)} run in its timing graph, not in a model"
+                if spec.kind in ("ffn", "mha"):  # the fusion the list keeps out does fire on a bare op graph
+                    assert "SkipLayerNormalization" in _run_node_types(r.path, tmp_path) - model
