@@ -98,6 +98,37 @@ def descend(space: SearchSpace, cost: CostModel, capacity: CostModel, target_ms:
     return {k: int(v.detach().argmax()) for k, v in logits.items()}
 
 
+def fill_budget(space: SearchSpace, cost: CostModel, capacity: CostModel, idx: dict[str, int], budget_ms: float
+                ) -> dict[str, int]:
+    """Greedy ascent from ``idx``: take the single-decision change that adds the most capacity while the predicted
+    latency stays within ``budget_ms``, until none does.
+
+    A relaxed search's argmax can stop well under its budget where the space is sparse (near its fastest corner a
+    step of the penalty's target jumps over every architecture in the window). This spends what is left on capacity.
+    The result is a local optimum: no one change both adds capacity and stays within the budget.
+    """
+    sizes = {d.name: len(d.choices) for d in space.decisions()}
+    names = list(dict.fromkeys([*cost.decisions(), *capacity.decisions()]))
+    cur = full_indices(space, idx)
+    cap = capacity.value(cur)
+    if cost.value(cur) > budget_ms:
+        return cur
+    while True:
+        best = None
+        for d in names:
+            for c in range(sizes[d]):
+                if c == cur[d]:
+                    continue
+                trial = {**cur, d: c}
+                gain = capacity.value(trial) - cap
+                if gain > 0 and (best is None or gain > best[0]):
+                    if cost.value(trial) <= budget_ms:
+                        best = (gain, trial)
+        if best is None:
+            return cur
+        cap, cur = cap + best[0], best[1]
+
+
 def latency_search(space: SearchSpace, cost: CostModel, capacity: CostModel, budget_ms: float, seed: int = 0,
                    max_rounds: int = 8, margin: float = 0.015, schedules: tuple[float, ...] = SCHEDULES
                    ) -> tuple[dict[str, int], float, int]:
@@ -106,7 +137,8 @@ def latency_search(space: SearchSpace, cost: CostModel, capacity: CostModel, bud
     The margin centres the predicted latency in an asymmetric window (0.90 to 1.05 x budget), so that a
     predictor error of about +-7 % either way still lands inside it. Two temperature schedules (annealed from the
     start, or held at 1 for the first half) each run their own bisection; of every argmax architecture seen
-    within the budget, the one with the most parameters is kept.
+    within the budget, the one with the most parameters is kept. When it is predicted under 0.95 x the budget
+    (less margin), :func:`fill_budget` spends the rest on capacity.
 
     Returns:
         (choice indices, predicted ms, descents run).
@@ -133,6 +165,9 @@ def latency_search(space: SearchSpace, cost: CostModel, capacity: CostModel, bud
         return idx, pred, runs
     full = [t for t in within if t[1] >= 0.95 * budget_ms]  # those that use the budget, if any
     _, pred, idx = max(full or within, key=lambda t: (t[0], t[1]))
+    if not full:
+        idx = fill_budget(space, cost, capacity, idx, budget_ms)
+        pred = cost.value(idx)
     return idx, pred, runs
 
 
@@ -159,5 +194,5 @@ def searched_archs(space: SearchSpace, cost: CostModel, fractions=SEARCH_FRACTIO
     return list(out.values())
 
 
-__all__ = ["homogeneous_archs", "extreme_archs", "searched_archs", "latency_search", "descend", "budget_range",
-           "capacity_model", "full_indices", "SEARCH_FRACTIONS"]
+__all__ = ["homogeneous_archs", "extreme_archs", "searched_archs", "latency_search", "fill_budget", "descend",
+           "budget_range", "capacity_model", "full_indices", "SEARCH_FRACTIONS"]
