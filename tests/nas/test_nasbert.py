@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 PROFILE = "amd-epyc-2c_ort-1.31_t1"
 CTX = Context(1, 128)
 CFG = dataclasses.replace(NASBERT_PRESETS["tiny"], groups_per_block=2)
-BUDGETS = [0.01, 2.0, 4.0]
+BUDGETS = [0.01, 4.0, 6.0]  # infeasible, then two the tiny recipe's survivors reach on the shipped profile
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -205,7 +205,7 @@ def test_run_folder_and_report(run, space, cost):
     from nas.arch import Architecture
     from nas.modeling import load_pretrained
 
-    for budget in (2.0, 4.0):
+    for budget in (4.0, 6.0):
         row = rows[budget]
         assert row["feasible"] and row["predicted_latency_ms"] <= budget * CFG.window_hi
         arch = Architecture.from_dict(row["arch"])
@@ -222,9 +222,9 @@ def test_run_folder_and_report(run, space, cost):
 def test_a_second_call_resumes_and_new_budgets_reuse_the_supernet(run, teacher2, corpus):
     out, r = run
     before = (out / "supernet" / "block0.safetensors").stat().st_mtime_ns
-    r2 = run_nasbert([str(corpus)], PROFILE, [3.0], out, CTX, CFG, teacher=str(teacher2), measure=False)
+    r2 = run_nasbert([str(corpus)], PROFILE, [5.0], out, CTX, CFG, teacher=str(teacher2), measure=False)
     assert (out / "supernet" / "block0.safetensors").stat().st_mtime_ns == before
-    assert [b["budget_ms"] for b in r2["budgets"]] == [3.0] and (out / "model_3ms" / "model.onnx").is_file()
+    assert [b["budget_ms"] for b in r2["budgets"]] == [5.0] and (out / "model_5ms" / "model.onnx").is_file()
 
 
 def test_refusals_are_one_line_and_claim_nothing(teacher2, corpus, tmp_path, run):
@@ -268,7 +268,7 @@ def test_corpus_reading(teacher2, tmp_path):
 # --------------------------------------------------------------------------------------------------- CLI
 def _cmd(teacher: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["-m", "nas.cli", "search", "nasbert", "--corpus", str(corpus), "--teacher", str(teacher), "--profile",
-            PROFILE, "--budgets-ms", "2,4", "--out", str(out), "--recipe", "tiny", "--groups-per-block", "2",
+            PROFILE, "--budgets-ms", "4,6", "--out", str(out), "--recipe", "tiny", "--groups-per-block", "2",
             "--no-measure", "--json", *extra]
 
 
