@@ -258,7 +258,8 @@ def markdown(results: dict) -> str:
                      f"{rep_s} |")
     found = [(p, r["search_found"]) for p, r in results["profiles"].items() if r.get("search_found")]
     if found:
-        lines += ["", "Architectures returned by the budgeted search (`results/budget_fidelity*.json`, measured in the profile's protocol):",
+        lines += ["", "Architectures returned by the budgeted search (`results/budget_fidelity*.json`, measured in "
+                  "the profile's protocol):",
                   "", "| profile | predictor | space | n | +-5% | +-10% | MAPE % | bias % |", "|" + "---|" * 8]
         for prof, res in found:
             for kind, sp in res.items():

@@ -67,8 +67,9 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
 def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: Protocol, kind: str = "e2e",
                       seed: int = 0) -> dict[str, dict]:
     """Time prepared runnables the profiler's way: ``visits`` rounds (of ``kind``'s rules), each visiting every
-    entry once in its own seeded order, then extra rounds for the entries whose visits disagree (:func:`wants_retake`), up to
-    ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry :func:`combine_visits`.
+    entry once in its own seeded order, then extra rounds for the entries whose visits disagree
+    (:func:`wants_retake`), up to ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry
+    :func:`combine_visits`.
 
     With one entry this is what ``hwnas measure`` does; with several (a student, its teacher and BERT-base) the
     rounds interleave them, so slow drift of the machine moves all alike.

@@ -4,9 +4,9 @@ architectures end to end, into a resumable profile folder (docs/formats.md).
 The plan is a fixed list of entries (ops and e2e architectures at each Context). Each op is measured in
 ``protocol.visits`` visits, each whole model in ``e2e_visits``, one per round; each round goes over all entries in
 its own seeded random order, so slow drift of the machine and bursts of load spread over all entries instead of
-biasing some, and an entry's median of visit medians outvotes one spoiled visit. Each visit is appended durably to ``visits.csv`` as it ends, and an
-entry's row to ``ops.csv`` / ``e2e.csv`` once its visits are in (:class:`Journal`): killing the process at any
-moment and re-running the same command resumes where it stopped. At the end a seeded sample of entries is measured
+biasing some, and an entry's median of visit medians outvotes one spoiled visit. Each visit is appended durably to
+``visits.csv`` as it ends, and an entry's row to ``ops.csv`` / ``e2e.csv`` once its visits are in
+(:class:`Journal`): killing the process at any moment and re-running the same command resumes where it stopped. At the end a seeded sample of entries is measured
 again (all visits: test-retest agreement) and each op is set against the roofline.
 
 >>> cfg = ProfileConfig(spaces=(("nasbert", "tiny"),), batch=(1,), seq_len=(16,), e2e=2, search_like=False)
