@@ -129,7 +129,7 @@ def arch_sets(prof: ProfileData) -> dict[str, str]:
 
     out = {}
     for s in prof.spaces():
-        out.update({a.key: "homogeneous" for a in homogeneous_archs(get_space(s["name"], s["preset"]))})
+        out.update({a.key: "homogeneous" for a in homogeneous_archs(get_space(s["name"], s["preset"]), 2)})
     for archs in ((prof.meta.get("derived_archs") or {}).get("archs") or {}).values():
         out.update({Architecture.from_dict(a).key: "searched" for a in archs})
     return out

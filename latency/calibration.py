@@ -87,6 +87,8 @@ class CalibrationSpec:
     harness: tuple[str, ...] = ("one",)  # basis of eta, the weight of each op's harness cost (() = off)
     harness_kind: str = "identity"  # the op kind whose table entry measures the harness at a width
     kind_scale: bool = False  # one more multiplicative term per op kind (the kinds that get a beta), constant in ctx
+    free: tuple[str, ...] = ("identity",)  # op kinds that are no node of an exported model: their effective cost is
+    # zero (their table entry is the timing harness alone); () in layers fitted before this field existed
 
 
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0)  # candidates of the cross-validated ridge (below 1e-3 it overfits 8 architectures)
@@ -145,6 +147,7 @@ class Calibration:
             if harness_ms is None:  # pragma: no cover - a caller bug
                 raise PredictorError("calibration needs the harness cost of each op")
             out = out + float(np.dot(c["eta"], _basis(self.spec.harness, ctx, g))) * harness_ms
+        out = np.where([sp.kind in self.spec.free for sp in specs], 0.0, out)
         return np.maximum(out, 0.0)  # never negative, even far from the fitted Contexts
 
     def apply_overhead(self, space: str, overhead_ms: float, ctx: Context) -> float:
@@ -159,7 +162,7 @@ class Calibration:
                 " overhead = alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha),
                 "harness_basis": list(s.harness), "harness_kind": s.harness_kind, "beta_basis": list(s.beta),
                 "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "kind_scale": s.kind_scale, "ridge": s.ridge,
-                "grid": [list(x) for x in s.grid] if s.grid else None, "coef": self.coef}
+                "grid": [list(x) for x in s.grid] if s.grid else None, "free_kinds": list(s.free), "coef": self.coef}
 
     @staticmethod
     def from_dict(d: dict) -> Calibration:
@@ -171,7 +174,7 @@ class Calibration:
                                bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]),
                                tuple(tuple(int(v) for v in x) for x in d["grid"]) if d.get("grid") else None,
                                tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"),
-                               bool(d.get("kind_scale", False)))
+                               bool(d.get("kind_scale", False)), tuple(d.get("free_kinds", ())))
         return Calibration(d["role"], spec, d["coef"])
 
 
@@ -251,7 +254,11 @@ class _SpaceFit:
         self.xs = xw / self.scale
 
     def _count(self, r: Row, kind: str) -> int:
-        return sum(n for s, n in r.bag.items() if kind in (s.kind, ALL_KINDS))
+        return sum(n for s, n in self._bag(r) if kind in (s.kind, ALL_KINDS))
+
+    def _bag(self, r: Row) -> list[tuple[OpSpec, int]]:
+        """The row's ops that cost anything (not the spec's ``free`` kinds)."""
+        return [(s, n) for s, n in r.bag.items() if s.kind not in self.spec.free]
 
     def _kinds(self) -> list[str]:
         """Kinds given their own beta: those whose counts add information beyond the constant and the kinds
@@ -259,7 +266,8 @@ class _SpaceFit:
         (NAS-BERT's empty layers = layers - the rest), would only make the split between betas arbitrary."""
         mean_ms: dict[str, list[float]] = {}
         for (_, s), ms in self.cache.items():
-            mean_ms.setdefault(s.kind, []).append(ms)
+            if s.kind not in self.spec.free:
+                mean_ms.setdefault(s.kind, []).append(ms)
         order = sorted(mean_ms, key=lambda k: (-float(np.mean(mean_ms[k])), k))
         cols, kinds = [np.ones(len(self.rows))], []
         for k in order:
@@ -271,15 +279,15 @@ class _SpaceFit:
 
     def _row(self, r: Row) -> np.ndarray:
         spec, g = self.spec, self.spec.grid
-        total = self.prev_overhead(self.space, r.ctx) + sum(n * self.cache[(r.ctx, s)] for s, n in r.bag.items())
+        total = self.prev_overhead(self.space, r.ctx) + sum(n * self.cache[(r.ctx, s)] for s, n in self._bag(r))
         parts = [total * _basis(spec.alpha, r.ctx, g)]
         if self.use_harness:
-            h = sum(n * self.harness[(r.ctx, s.hidden)] for s, n in r.bag.items())
+            h = sum(n * self.harness[(r.ctx, s.hidden)] for s, n in self._bag(r))
             parts.append(h * _basis(spec.harness, r.ctx, g))
         parts += [self._count(r, k) * _basis(spec.beta, r.ctx, g) for k in self.kinds]
         parts.append(_basis(spec.gamma, r.ctx, g))
         if spec.kind_scale:
-            parts.append(np.array([sum(n * self.cache[(r.ctx, s)] for s, n in r.bag.items() if s.kind == k)
+            parts.append(np.array([sum(n * self.cache[(r.ctx, s)] for s, n in self._bag(r) if s.kind == k)
                                    for k in self.scale_kinds]))
         return np.concatenate(parts)
 

@@ -87,6 +87,8 @@ class ProfileConfig:
     search_like: bool = True  # also measure homogeneous, extreme and latency-searched architectures whole
     search_fractions: tuple[float, ...] | None = None  # budgets of those searches (None: SEARCH_FRACTIONS)
     homogeneous: bool | None = None  # the homogeneous ones alone (None: with search_like)
+    homogeneous_depths: int = 2  # AdaBERT's homogeneous architectures at the most cells (1) and the middle (2):
+    # each op kind then has one in each split
     split: str = "alternate"  # e2e rows: "alternate" calibration / test, or all "calibration" (a transfer profile)
     transfer_from: dict | None = None  # {name, hash} of the profile a --transfer-from measurement adapts
     e2e_contexts: tuple[tuple[int, int], ...] | None = None  # whole models at these (batch, seq_len) only (None:
@@ -173,7 +175,8 @@ def plan_jobs(cfg: ProfileConfig) -> list[Job]:
         seen: set[str] = set()
         jobs += arch_jobs(sample_archs(space, cfg.e2e, cfg.seed), ctxs, "", cfg.split, seen)
         if cfg.search_like if cfg.homogeneous is None else cfg.homogeneous:
-            jobs += arch_jobs(homogeneous_archs(space), ctxs, "homogeneous", cfg.split, seen)
+            jobs += arch_jobs(homogeneous_archs(space, cfg.homogeneous_depths), ctxs, "homogeneous", cfg.split,
+                              seen)
     return _shuffled(jobs, cfg.seed)
 
 
@@ -243,6 +246,7 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
                 "split": ("all calibration" if cfg.split == "calibration" else
                           "alternate within each set: calibration, test, calibration, ..."),
                 "search_like": cfg.search_like, "homogeneous": cfg.homogeneous,
+                "homogeneous_depths": cfg.homogeneous_depths,
                 **({"contexts": [list(c) for c in cfg.e2e_contexts]} if cfg.e2e_contexts else {})},
         "quick": cfg.quick, "roofline": None, "retest": None, "sessions": [], "transfer_from": cfg.transfer_from,
     }

@@ -224,6 +224,24 @@ def test_calibration_layer_is_plain_json_with_its_form(predictors):
         assert len(c["alpha"]) == 1 + 6 and c["rows"] > 0 and c["ridge"] is not None
 
 
+@pytest.mark.parametrize("kind", ["lut+calibration", "regression+calibration"])
+def test_an_identity_layer_costs_nothing_once_calibrated(predictors, kind):
+    """An identity op is no node of an exported model (its table entry times the harness alone): calibrated, it
+    costs 0, so a NAS-BERT layer turned empty saves its op's whole cost; a layer fitted before ``free_kinds``
+    existed keeps the calibrated identity cost it was fitted with."""
+    pred = predictors[kind]
+    space = pred.space("nasbert")
+    ids = [s for s in space.unique_ops() if s.kind == "identity"]
+    assert ids and (pred.op_costs("nasbert", ids, CTX) == 0).all()
+    assert (pred.base_ms(ids, CTX) > 0).all()  # the table does time the harness
+    d = pred.to_dict()
+    assert all(layer["free_kinds"] == ["identity"] for layer in d["layers"])
+    for layer in d["layers"]:
+        del layer["free_kinds"]
+    old = predictor_from_dict(json.loads(json.dumps(d)))
+    assert old.layers[0].spec.free == ()
+
+
 def test_predictor_older_than_the_tables_is_refused(synth_profile, tmp_path):
     folder = tmp_path / "stale"
     shutil.copytree(synth_profile, folder)

@@ -71,10 +71,15 @@ def test_plan_has_homogeneous_architectures_in_both_splits():
     jobs = [j for j in plan_jobs(cfg) if j.kind == "e2e"]
     random = {j.graph for j in plan_jobs(replace(cfg, search_like=False)) if j.kind == "e2e"}
     for space in cfg.load_spaces():
-        homo = {a.key for a in homogeneous_archs(space)}
-        assert len(homo) == {"adabert": 9, "nasbert": 4 * 2}[space.name]  # tiny: 9 edge ops; 4 kinds x 2 widths
-        planned = {j.graph: j.split for j in jobs if j.graph in homo - random}
-        assert set(planned) == homo - random and set(planned.values()) == {"calibration", "test"}
+        homo = {a.key: a for a in homogeneous_archs(space, cfg.homogeneous_depths)}
+        assert len(homo) == {"adabert": 9 * 2, "nasbert": 4 * 2}[space.name]  # tiny: 9 edge ops x 2 depths; 4 kinds x 2 widths
+        planned = {j.graph: j.split for j in jobs if j.graph in set(homo) - random}
+        assert set(planned) == set(homo) - random and set(planned.values()) == {"calibration", "test"}
+        if space.name == "adabert":  # each op kind: one depth in each split
+            by_kind: dict[str, set[str]] = {}
+            for k, sp in planned.items():
+                by_kind.setdefault(homo[k].choices["n0.in0"], set()).add(sp)
+            assert len(by_kind) == 9 and all(v == {"calibration", "test"} for v in by_kind.values())
     assert len({j.key for j in jobs}) == len(jobs)
 
 

@@ -10,7 +10,7 @@ from latency.measure import quick_protocol
 from latency.profile_data import PredictorError, read_profile
 from latency.profiler import ProfileConfig, run_profile
 from latency.stats import Protocol
-from latency.transfer import check_source, fit_transfer, scaled_ops
+from latency.transfer import _bilinear, check_source, fit_transfer, scaled_ops
 from nas.cli import main
 from nas.spaces import Context, get_space
 
@@ -34,6 +34,32 @@ def test_scaled_ops_moves_each_op_by_its_own_ratio(tmp_path, profile_maker):
     assert len(out) == len(src.ops) and set(out["seq_len"]) == {16, 32, 64}  # the source's whole grid
     ratio = out["latency_p50_ms"].to_numpy() / src.ops["latency_p50_ms"].to_numpy()
     np.testing.assert_allclose(ratio, [_ratio(k) for k in src.ops["kind"]], rtol=1e-9)
+
+
+def test_scaled_ops_bend_between_corners_along_the_kinds_size_curve(tmp_path, profile_maker):
+    """A ratio that follows the op's size (a quadratic in log source ms per kind: small ops dearer, as torch's
+    per-call overhead makes them) is recovered between the corners, where bilinear corner interpolation misses it;
+    the corners stay exact."""
+    import math
+
+    src = read_profile(profile_maker(tmp_path / "src"))
+    new = read_profile(profile_maker(tmp_path / "new", grid=CORNERS, e2e_ctxs=CORNER_CTXS))
+    src_ms = src.ops.set_index(["op_key", "batch", "seq_len"])["latency_p50_ms"]
+
+    def log_ratio(kind: str, ms: float) -> float:
+        x = math.log(ms)
+        return {"mha": 0.3 - 0.2 * x + 0.05 * x * x, "ffn": 0.1 + 0.08 * x * x}.get(kind, 0.2)
+
+    new.ops["latency_p50_ms"] = [src_ms[(key, b, s)] * math.exp(log_ratio(k, src_ms[(key, b, s)])) for key, k, b, s
+                                 in zip(new.ops["op_key"], new.ops["kind"], new.ops["batch"], new.ops["seq_len"])]
+    out = scaled_ops(src, new)
+    want = [ms * math.exp(log_ratio(k, ms)) for k, ms in zip(src.ops["kind"], src.ops["latency_p50_ms"])]
+    np.testing.assert_allclose(out["latency_p50_ms"].to_numpy(), want, rtol=1e-6)
+    corner_only = [ms * math.exp(_bilinear({(b, t): log_ratio(k, src_ms[(key, b, t)]) for b in CORNERS["batch"]
+                                            for t in CORNERS["seq_len"]}, [1, 4], [16, 64], bb, ss))
+                   for key, k, bb, ss, ms in zip(src.ops["op_key"], src.ops["kind"], src.ops["batch"],
+                                                 src.ops["seq_len"], src.ops["latency_p50_ms"])]
+    assert np.max(np.abs(np.array(corner_only) / np.array(want) - 1)) > 0.005  # what the bend recovers
 
 
 def test_transfer_predicts_the_new_device_from_its_corners(tmp_path, profile_maker):
