@@ -104,7 +104,16 @@ def main() -> int:
     ap.add_argument("--measure-core", type=int, default=None, help="pin to this core for the measurements only")
     ap.add_argument("--kind", default=None, help="predictor kind (default: PROFILE/predictor.json, else the default)")
     ap.add_argument("--agreement", type=int, default=24, help="profile rows re-measured by one `hwnas measure` call")
+    ap.add_argument("--contexts", default=None,
+                    help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
+    contexts = CONTEXTS
+    if args.contexts:
+        try:
+            contexts = tuple(Context(*(int(v) for v in c.lower().split("x"))) for c in args.contexts.split(","))
+        except (TypeError, ValueError):
+            print(f"--contexts {args.contexts!r}: expected batch x seq_len pairs, e.g. 1x128,32x128")
+            return 2
     if args.profile is None:
         cands = sorted(p for p in (ROOT / "profiles").glob("*ort*_t1") if (p / "profile.json").is_file())
         if not cands:
@@ -123,7 +132,7 @@ def main() -> int:
     for cover in pred.spaces:
         space = pred.space(cover["name"])
         capacity = capacity_model(space, cover["num_labels"])
-        for ctx in CONTEXTS:
+        for ctx in contexts:
             cost = pred.cost_matrix(space, ctx)
             lo, hi = budget_range(cost, capacity)
             for frac in FRACTIONS:

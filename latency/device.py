@@ -64,9 +64,60 @@ def gpu_info() -> tuple[str | None, str | None]:
         return None, None
     name = torch.cuda.get_device_name(0)
     text = _read("/proc/driver/nvidia/version") or ""
-    m = re.search(r"Kernel Module\s+([\d.]+)", text)
-    driver = m.group(1) if m else f"cuda-runtime-{torch.version.cuda}"
+    m = re.search(r"Kernel Module(?:\s+for\s+\S+)?\s+([\d.]+)", text)
+    driver = m.group(1) if m else (nvidia_smi_query("driver_version") or f"cuda-runtime-{torch.version.cuda}")
     return name, driver
+
+
+def nvidia_smi_query(*fields: str) -> str | None:
+    """``nvidia-smi --query-gpu=FIELDS`` of GPU 0 as one comma-separated line, or None where nvidia-smi is missing
+    or fails (e.g. ``clocks.sm,clocks.mem,temperature.gpu,power.draw``)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits",
+                              "--id=0"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def gpu_details() -> dict:
+    """What else a GPU measurement depends on, informative (not in :data:`COMPAT_FIELDS`: the torch version
+    string already names its CUDA build): memory, compute capability, multiprocessors, the CUDA runtime torch was
+    built with, cuDNN, and whether fp32 matmuls may use TF32. Empty without a CUDA device."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    p = torch.cuda.get_device_properties(0)
+    return {
+        "gpu_memory_gb": round(p.total_memory / 2**30, 1),
+        "gpu_capability": f"{p.major}.{p.minor}",
+        "gpu_multiprocessors": p.multi_processor_count,
+        "gpu_count": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
+def gpu_clocks() -> dict | None:
+    """GPU 0's SM and memory clocks (MHz), temperature (C) and power (W) now, from nvidia-smi (None without it):
+    a profile records them at the start and end of each session, to show the clocks were up while it measured."""
+    line = nvidia_smi_query("clocks.sm", "clocks.mem", "temperature.gpu", "power.draw")
+    if not line:
+        return None
+    names = ("sm_mhz", "mem_mhz", "temperature_c", "power_w")
+    out = {}
+    for k, v in zip(names, (x.strip() for x in line.split(","))):
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
 
 
 def affinity_cores() -> int:
@@ -83,9 +134,11 @@ def fingerprint(threads: int | None = None) -> dict:
         threads: the fixed intra-op thread count of the measurement (None: not fixed, e.g. ``hwnas env``).
     Returns:
         A JSON-able dict: cpu_model, cores, cpu_affinity, governor, gpu, gpu_driver, os, machine, python,
-        torch, onnxruntime, numpy, threads.
+        torch, onnxruntime, numpy, threads; with a CUDA device also :func:`gpu_details` (memory, capability,
+        CUDA, cuDNN, TF32).
     """
     gpu, driver = gpu_info()
+    details = gpu_details() if gpu else {}
     return {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count() or 1,
@@ -100,6 +153,7 @@ def fingerprint(threads: int | None = None) -> dict:
         "onnxruntime": library_version("onnxruntime"),
         "numpy": library_version("numpy"),
         "threads": threads,
+        **details,
     }
 
 
@@ -116,14 +170,15 @@ def cpu_slug(model: str, cores: int) -> str:
 
 
 def profile_name(fp: dict, backend_short: str, backend_version: str, threads: int, device: str = "cpu") -> str:
-    """The shipped-profile folder name ``<cpu>_<backend>-<major.minor>_t<threads>`` (GPU name for CUDA).
+    """The shipped-profile folder name ``<cpu>_<backend>-<major.minor>_t<threads>``; on a GPU
+    ``<gpu>_<backend>-<major.minor>_cuda`` (the host threads only launch the kernels).
 
     >>> profile_name({"cpu_model": "Intel(R) Xeon(R) Processor", "cores": 2}, "ort", "1.31.0", 1)
     'intel-xeon-2c_ort-1.31_t1'
+    >>> profile_name({"gpu": "NVIDIA H200"}, "torch", "2.11.0+cu130", 1, "cuda")
+    'nvidia-h200_torch-2.11_cuda'
     """
     version = ".".join(re.split(r"[.+]", backend_version)[:2])
     if device == "cuda":
-        where, backend_short = slug(fp.get("gpu") or "gpu"), f"{backend_short}cuda"
-    else:
-        where = cpu_slug(fp["cpu_model"], fp["cores"])
-    return f"{where}_{backend_short}-{version}_t{threads}"
+        return f"{slug(fp.get('gpu') or 'gpu')}_{backend_short}-{version}_cuda"
+    return f"{cpu_slug(fp['cpu_model'], fp['cores'])}_{backend_short}-{version}_t{threads}"

@@ -7,8 +7,10 @@ Examples:
 """
 from __future__ import annotations
 
-from latency.measure import quick_protocol
+from latency.measure import cuda_protocol, quick_protocol
 from latency.profiler import (
+    CUDA_BATCH,
+    CUDA_SEQ_LEN,
     DEFAULT_BATCH,
     DEFAULT_E2E,
     DEFAULT_SEQ_LEN,
@@ -40,12 +42,12 @@ def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None]
 
 
 def config_from_args(args) -> ProfileConfig:
-    quick = bool(getattr(args, "quick", False))
-    protocol = Protocol(seed=args.seed)
+    quick, cuda = bool(getattr(args, "quick", False)), args.device == "cuda"
+    protocol = cuda_protocol(Protocol(seed=args.seed)) if cuda else Protocol(seed=args.seed)
     return ProfileConfig(
         backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
-        batch=tuple(args.batch or (QUICK_BATCH if quick else DEFAULT_BATCH)),
-        seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else DEFAULT_SEQ_LEN)),
+        batch=tuple(args.batch or (QUICK_BATCH if quick else CUDA_BATCH if cuda else DEFAULT_BATCH)),
+        seq_len=tuple(args.seq_len or (QUICK_SEQ_LEN if quick else CUDA_SEQ_LEN if cuda else DEFAULT_SEQ_LEN)),
         e2e=args.e2e if args.e2e is not None else (QUICK_E2E if quick else DEFAULT_E2E), seed=args.seed,
         protocol=quick_protocol(protocol) if quick else protocol, quick=quick,
         search_like=(not quick) if getattr(args, "search_like", None) is None else args.search_like,
@@ -110,11 +112,13 @@ def measure_main(args) -> int:
     from nas.arch import Architecture
 
     arch = Architecture.load(args.arch)
-    backend, device, threads, protocol = args.backend, args.device, args.threads, Protocol()
+    backend, device, threads = args.backend, args.device, args.threads
+    protocol = cuda_protocol(Protocol()) if device == "cuda" else Protocol()
     if getattr(args, "profile", None):  # the profile's backend, threads and protocol: comparable with its rows
-        from latency.table import read_meta, resolve
+        from latency.table import check_device_here, read_meta, resolve
 
         meta = read_meta(resolve(args.profile))
+        check_device_here(args.profile, meta)
         b = meta["backend"]
         backend, device, threads = b["name"], b.get("device", "cpu"), int(b["threads"])
         protocol = Protocol.from_dict(meta["protocol"])

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
-from latency.device import fingerprint
+from latency.device import fingerprint, gpu_clocks
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
 from latency.measure import (  # noqa: F401
     EXPORT_CTX,
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
+CUDA_BATCH, CUDA_SEQ_LEN = (1, 8, 32, 64), (32, 128, 256)  # a GPU serves batches: 1 to 64 (seq_len 64 lies between
+# 32 and 128; 12 Contexts, as on the CPU, keep a full GPU profile near 5 minutes)
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
 # used is released and re-created from its file when next needed
 LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,
@@ -396,7 +398,11 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             meta = stored or meta
             session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0,
                        "loadavg_start": _loadavg(), "cpu_affinity": fingerprint(cfg.threads)["cpu_affinity"]}
+            if cfg.device == "cuda":
+                session["gpu_clocks_start"] = gpu_clocks()
             meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]
+            write_meta(folder, meta)
+            session["settle"] = backend.settle()
             write_meta(folder, meta)
             if not meta.get("roofline"):
                 quick = Protocol(min_runs=5, time_cap_s=0.1, target_rse=0.005) if cfg.quick else None
@@ -430,6 +436,8 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             meta["roofline"]["summary"] = roofline_summary(rows)
             session["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
             session["loadavg_end"] = _loadavg()
+            if cfg.device == "cuda":
+                session["gpu_clocks_end"] = gpu_clocks()
             session["wall_s"] = round(time.perf_counter() - t_start, 1)
             meta["status"] = "complete"
             write_meta(folder, meta)

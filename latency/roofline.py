@@ -23,6 +23,10 @@ from latency.stats import Protocol
 
 MATMUL_SHAPES = ((4096, 256, 1024), (2048, 1024, 1024), (1024, 512, 512), (8192, 128, 512))  # (M, K, N)
 BANDWIDTH_ELEMENTS = (2**14, 2**15, 2**16, 2**17, 2**18, 2**20, 2**22, 2**25)  # float32: 64 KiB .. 128 MiB per array
+# a GPU needs larger problems to reach its ceilings: a matmul that fills 132 multiprocessors, arrays far beyond a
+# 60 MB L2 (float32: 512 MiB per array)
+CUDA_MATMUL_SHAPES = ((8192, 8192, 8192), (16384, 4096, 4096), (8192, 1024, 4096))
+CUDA_BANDWIDTH_ELEMENTS = (2**24, 2**27)
 TOLERANCE = 0.20  # flag a measurement faster than 80 % of its bound (the ceilings themselves vary by ~10 %)
 ROOFLINE_COLUMNS = ["op_key", "batch", "seq_len", "latency_p50_ms", "bound_ms", "bound_by", "pct_of_bound",
                     "faster_than_bound"]
@@ -56,16 +60,17 @@ def measure_roofline(backend: Backend, protocol: Protocol | None = None) -> dict
         ``{peak_gflops, bandwidth_gbs, dram_bandwidth_gbs, matmul: [...], bandwidth: [...], method}``.
     """
     protocol = protocol or Protocol(min_runs=5, time_cap_s=0.3, target_rse=0.005)
+    cuda = backend.device == "cuda"
     gen = torch.Generator().manual_seed(0)
     matmul = []
-    for m, k, n in MATMUL_SHAPES:
+    for m, k, n in MATMUL_SHAPES + (CUDA_MATMUL_SHAPES if cuda else ()):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             lin = nn.Linear(k, n, bias=False)
         t = _p10_s(backend, lin, {"x": torch.randn(1, m, k, generator=gen)}, protocol)  # (1, M, K)
         matmul.append({"m": m, "k": k, "n": n, "gflops": round(2 * m * k * n / t / 1e9, 3)})
     bandwidth = []
-    for e in BANDWIDTH_ELEMENTS:
+    for e in sorted(BANDWIDTH_ELEMENTS + (CUDA_BANDWIDTH_ELEMENTS if cuda else ())):
         row = {"elements": e}
         for name, module, arrays in (("scale", Scale(), 1), ("add", Add(), 2)):
             x = {f"x{i}": torch.randn(1, e // 256, 256, generator=gen) for i in range(arrays)}  # (1, E/256, 256)
@@ -80,7 +85,9 @@ def measure_roofline(backend: Backend, protocol: Protocol | None = None) -> dict
         "matmul": matmul,
         "bandwidth": bandwidth,
         "method": "p10 time of fp32 Linear (M,K,N), x*2 and x+y microbenchmarks through the profile's backend "
-                  "and threads; bound = max(flops/peak, bytes/bandwidth)",
+                  "and threads; bound = max(flops/peak, bytes/bandwidth)" + (
+                      "; on CUDA also larger shapes, CUDA-event timed, TF32 " +
+                      ("on" if torch.backends.cuda.matmul.allow_tf32 else "off (plain fp32)") if cuda else ""),
         "tolerance": TOLERANCE,
     }
 

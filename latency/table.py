@@ -211,6 +211,28 @@ def check_compatible(folder: str | os.PathLike, stored: dict, new: dict) -> None
                            "pass --force-new to start a new folder, or choose another --out")
 
 
+def profile_device(meta: dict) -> str:
+    """What a profile measured, in words: ``"cuda (NVIDIA H200)"`` or ``"cpu (AMD EPYC, 2 cores)"``."""
+    dev, fp = meta.get("backend", {}).get("device", "cpu"), meta.get("device", {})
+    return f"cuda ({fp.get('gpu') or 'a GPU'})" if dev == "cuda" else f"cpu ({fp.get('cpu_model')}, {fp.get('cores')} cores)"
+
+
+def check_device_here(name: str | os.PathLike, meta: dict, device: str | None = None) -> None:
+    """Refuse, in one line, to measure on this machine against a profile of another kind of device: a GPU
+    profile on a machine torch sees no GPU on, or a profile whose device differs from the ``--device`` asked for
+    (``device``; None: the profile's own)."""
+    from latency.backends.base import cuda_problem
+
+    theirs = meta.get("backend", {}).get("device", "cpu")
+    if device is not None and device != theirs:
+        raise ProfileError(f"{name} is a {theirs.upper()} profile, measured on {profile_device(meta)}; this run "
+                           f"measures on --device {device}: pass a {device.upper()} profile of this machine, or "
+                           f"--device {theirs}")
+    if theirs == "cuda" and cuda_problem():
+        raise ProfileError(f"{name} is a GPU profile, measured on {profile_device(meta)}; this machine cannot run "
+                           f"CUDA ({cuda_problem()}): measure on that GPU, or use a CPU profile of this machine")
+
+
 def fingerprint_hash(meta: dict) -> str:
     """A short stable id of a profile's device, backend and protocol (for ``predictor.json``'s ``profile``)."""
     text = json.dumps(compat_view(meta), sort_keys=True, default=str)

@@ -30,6 +30,25 @@ class BackendError(HwnasError, RuntimeError):
     """A backend that cannot run here (unknown name, missing library, no CUDA device)."""
 
 
+TORCH_CUDA_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cu128"
+
+
+def cuda_problem() -> str | None:
+    """Why ``--device cuda`` cannot run here, as one line with the fix (None: torch sees a CUDA device).
+
+    >>> import torch
+    >>> cuda_problem() is None or "--device cuda" in cuda_problem()
+    True
+    """
+    if torch.cuda.is_available():
+        return None
+    if not torch.version.cuda:
+        return (f"--device cuda: this torch ({torch.__version__}) is a CPU-only build; install a CUDA build first "
+                f"(`{TORCH_CUDA_INSTALL}`, then `pip install -e .`), or use --device cpu")
+    return (f"--device cuda: torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no GPU here: no "
+            "NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it (`nvidia-smi` should list the GPU); or use --device cpu")
+
+
 class Runnable:
     """A prepared graph plus the inputs it is bound to. Backends subclass it with their own state."""
 
@@ -49,10 +68,13 @@ class Backend(abc.ABC):
             raise BackendError(f"--threads must be at least 1, got {threads}")
         if device not in self.devices:
             raise BackendError(f"backend {self.name!r} runs on {', '.join(self.devices)}, not {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendError("--device cuda: torch sees no CUDA device here; use --device cpu")
+        if device == "cuda":
+            problem = cuda_problem()
+            if problem:
+                raise BackendError(problem)
         self.threads, self.device = threads, device
         self._workdir: Path | None = None
+        self.settled: dict | None = None  # what :meth:`settle` did (None: not yet)
 
     # -- description --------------------------------------------------------------------------------
     @property
@@ -83,6 +105,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def time(self, runnable: Runnable, n: int) -> list[float]:
         """Run ``n`` times; the wall (or CUDA event) time of each run in seconds."""
+
+    def settle(self) -> dict:
+        """Bring the device to its working state before anything is timed (a GPU's clocks ramp up under load),
+        once per backend; returns what was done (also kept in :attr:`settled`). CPUs need nothing here: each
+        visit's own warm-up covers them."""
+        if self.settled is None:
+            self.settled = {"device": self.device, "method": "none (CPU: each visit warms up)"}
+        return self.settled
 
     # -- scratch space ------------------------------------------------------------------------------
     @property

@@ -71,8 +71,9 @@ class OnnxRuntimeBackend(Backend):
         ort = _ort()
         if device == "cuda" and CUDA_EP not in ort.get_available_providers():
             raise BackendError(
-                "--device cuda: this onnxruntime has no CUDAExecutionProvider; "
-                "`pip install hwnas[gpu]` (onnxruntime-gpu) or use --backend torch"
+                f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider (a CPU build); "
+                f"`pip uninstall -y onnxruntime && pip install onnxruntime-gpu=={ort.__version__}`, "
+                "or use --backend torch"
             )
         self.providers = [CUDA_EP, CPU_EP] if device == "cuda" else [CPU_EP]
 

@@ -60,8 +60,10 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
     from latency.backends.base import get_backend
     from latency.measure import EXPORT_CTX, measure_in_rounds, token_inputs
     from latency.stats import Protocol
+    from latency.table import check_device_here
     from nas.spaces import get_space
 
+    check_device_here(prof.name, prof.meta)
     meta = prof.meta.get("backend", {})
     protocol = Protocol.from_dict(prof.meta["protocol"])
     archs = {**({"student": arch} if arch is not None else {}), **(archs or {})}

@@ -27,9 +27,44 @@ def test_registry_and_errors():
     with pytest.raises(BackendError, match="at least 1"):
         get_backend("torch", threads=0)
     if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="no CUDA device"):
+        with pytest.raises(BackendError, match="--device cuda: .*(CPU-only build|sees no GPU)"):
             get_backend("torch", device="cuda")
     assert get_backend("ort").name == "onnxruntime"
+
+
+def test_missing_cuda_says_what_and_how(monkeypatch):
+    """No GPU, or a CPU build of torch or onnxruntime: one line naming what is missing and the install line."""
+    import latency.backends.onnxruntime as ortb
+    from latency.backends.base import cuda_problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    msg = cuda_problem()
+    assert "CPU-only build" in msg and "pip install torch" in msg and "\n" not in msg
+    with pytest.raises(BackendError, match="CPU-only build"):
+        get_backend("torch", device="cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert "sees no GPU" in cuda_problem() and "nvidia-smi" in cuda_problem()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cuda_problem() is None
+    monkeypatch.setattr(ortb._ort(), "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(BackendError, match="no CUDAExecutionProvider .*pip install onnxruntime-gpu=="):
+        get_backend("onnxruntime", device="cuda")
+
+
+def test_a_profile_of_another_device_kind_is_refused_here(monkeypatch):
+    from latency.table import ProfileError, check_device_here
+
+    gpu = {"backend": {"device": "cuda"}, "device": {"gpu": "NVIDIA H200"}}
+    cpu = {"backend": {"device": "cpu"}, "device": {"cpu_model": "AMD EPYC", "cores": 2}}
+    with pytest.raises(ProfileError, match="is a CUDA profile, measured on cuda \\(NVIDIA H200\\); .*--device cpu"):
+        check_device_here("h200", gpu, device="cpu")
+    with pytest.raises(ProfileError, match="is a CPU profile, measured on cpu \\(AMD EPYC, 2 cores\\)"):
+        check_device_here("epyc", cpu, device="cuda")
+    check_device_here("epyc", cpu, device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ProfileError, match="is a GPU profile.*cannot run CUDA"):
+        check_device_here("h200", gpu)
 
 
 @pytest.mark.parametrize("name", ["onnxruntime", "torch"])
@@ -110,6 +145,25 @@ def test_onnxruntime_cuda_io_binding():
         assert r.binding is not None
         t = be.time(r, 5)
         assert len(t) == 5 and min(t) > 0
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_settle_fingerprint_and_roofline():
+    """The clock warm-up reaches a steady probe time, the fingerprint names the GPU and its software, and the
+    GPU roofline's ceilings are a GPU's (far above any CPU's) with its own larger probes."""
+    from latency.roofline import measure_roofline
+
+    be = get_backend("torch", device="cuda")
+    s = be.settle()
+    assert s["device"] == "cuda" and s["seconds"] >= 2.0 and s["probe_ms_last"] > 0 and be.settle() is s
+    fp = fingerprint(threads=1)
+    assert fp["gpu"] and fp["gpu_driver"] and fp["gpu_memory_gb"] > 1 and fp["cuda"] and "gpu_capability" in fp
+    info = be.info()
+    assert info["provider"] == "cuda" and "CUDA events" in info["timer"] and "not timed" in info["inputs"]
+    roof = measure_roofline(be, FAST)
+    assert roof["peak_gflops"] > 5_000 and roof["dram_bandwidth_gbs"] > 500
+    assert max(r["m"] for r in roof["matmul"]) >= 8192
 
 
 @pytest.mark.gpu

@@ -148,4 +148,4 @@ def test_names_and_fingerprint():
     fp = fingerprint(threads=2)
     assert fp["threads"] == 2 and fp["torch"] and fp["onnxruntime"] and fp["cores"] >= 1
     assert profile_name(fp, "torch", "2.13.0+cpu", 1).endswith("_torch-2.13_t1")
-    assert profile_name({"gpu": "NVIDIA H100 80GB HBM3"}, "ort", "1.31.1", 1, "cuda") == "nvidia-h100-80gb-hbm3_ortcuda-1.31_t1"
+    assert profile_name({"gpu": "NVIDIA H100 80GB HBM3"}, "ort", "1.31.1", 1, "cuda") == "nvidia-h100-80gb-hbm3_ort-1.31_cuda"
