@@ -80,7 +80,11 @@ def profile_main(args) -> int:
     import json
     import sys
 
-    if getattr(args, "transfer_from", None):
+    if getattr(args, "close_partial", None) is not None:
+        from latency.profiler import close_partial
+
+        result = close_partial(args.out, args.close_partial)
+    elif getattr(args, "transfer_from", None):
         result = transfer_main(args)
     else:
         result = run_profile(config_from_args(args), args.out, force_new=args.force_new, progress=not args.json)
@@ -90,6 +94,8 @@ def profile_main(args) -> int:
     r, rt, roof = result, result["retest"], result["roofline"]
     print(f"wrote {r['out']}: {r['ops_rows']} op rows, {r['e2e_rows']} e2e rows "
           f"({r['visits_measured_now']} visits measured now, {r['wall_s']} s)")
+    if r["status"] == "partial":
+        print(f"closed as partial, missing {r['missing']}; the same command on its device resumes it")
     print(f"median CV {r['median_cv']}; retest on {rt.get('n')} entries: median |diff| "
           f"{rt.get('median_abs_diff_pct')} %, p90 {rt.get('p90_abs_diff_pct')} %")
     print(f"roofline: peak {r['peak_gflops']} GFLOP/s, bandwidth {r['bandwidth_gbs']} GB/s; ops at median "

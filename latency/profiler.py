@@ -440,11 +440,70 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                 session["gpu_clocks_end"] = gpu_clocks()
             session["wall_s"] = round(time.perf_counter() - t_start, 1)
             meta["status"] = "complete"
+            meta.pop("partial", None)
             write_meta(folder, meta)
             (folder / ".lock").unlink(missing_ok=True)
         finally:
             os.close(lock)
     return summary(folder, meta, ops, e2e, session)
+
+
+def config_from_meta(meta: dict) -> ProfileConfig:
+    """The :class:`ProfileConfig` a profile folder was measured under (from its ``profile.json``)."""
+    e2e, b = meta.get("e2e") or {}, meta["backend"]
+    return ProfileConfig(
+        backend=b["name"], device=b.get("device", "cpu"), threads=int(b["threads"]),
+        spaces=tuple((s["name"], s["preset"]) for s in meta["spaces"]), batch=tuple(meta["grid"]["batch"]),
+        seq_len=tuple(meta["grid"]["seq_len"]), e2e=int(e2e.get("per_space", DEFAULT_E2E)),
+        seed=int(e2e.get("seed", 0)), protocol=Protocol.from_dict(meta["protocol"]), quick=bool(meta.get("quick")),
+        search_like=bool(e2e.get("search_like", True)), homogeneous=e2e.get("homogeneous"),
+        homogeneous_depths=int(e2e.get("homogeneous_depths", 1)),
+        split="calibration" if str(e2e.get("split", "")).startswith("all calibration") else "alternate",
+        transfer_from=meta.get("transfer_from"),
+        e2e_contexts=tuple(tuple(c) for c in e2e["contexts"]) if e2e.get("contexts") else None)
+
+
+def close_partial(out: str | os.PathLike, why: str) -> dict:
+    """Close an interrupted profile whose device is gone (a lent GPU given back): from what was measured, write
+    its test-retest agreement (the retest entries whose visits are all in), its roofline rows and summary, and
+    ``status: "partial"`` with what is missing and ``why``. Nothing is measured, so it runs anywhere; the same
+    ``hwnas profile`` command on the profile's own device still resumes it and completes it."""
+    folder = Path(out)
+    meta = read_meta(folder)
+    if meta.get("status") == "complete":
+        raise ProfileError(f"{folder} is complete; nothing to close")
+    if not why.strip():
+        raise ProfileError("--close-partial needs a reason, e.g. --close-partial 'the GPU lease ended'")
+    cfg = config_from_meta(meta)
+    jobs = plan_jobs(cfg)
+    retest = retest_sample(jobs, cfg.protocol)
+    derived = meta.get("derived_archs")
+    later = derived_jobs(cfg, derived, jobs) if derived else []
+    journal = Journal(folder, jobs + retest + later, cfg.protocol)
+    ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
+    e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
+    check_unique(folder / "ops.csv", ops, OPS_KEY)
+    check_unique(folder / "e2e.csv", e2e, E2E_KEY)
+    done_keys = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]) for r in ops + e2e}
+    closed = [j for j in retest if not journal._open(j) and j.key in done_keys]
+    if closed and not meta.get("retest"):
+        meta["retest"] = {**retest_result(journal, closed, ops + e2e), "entries_planned": len(retest)}
+    if meta.get("roofline"):
+        rows = roofline_rows(ops, meta["roofline"])
+        write_roofline_csv(folder / "roofline.csv", rows)
+        meta["roofline"]["summary"] = roofline_summary(rows)
+    missing = {"op_entries": sum(j.kind == "op" and j.key not in done_keys for j in jobs),
+               "e2e_entries": sum(j.kind == "e2e" and j.key not in done_keys for j in jobs + later),
+               "retest_entries": len(retest) - len(closed),
+               "searched_architectures": ("not searched yet (fastest, slowest and latency-only searches on this "
+                                          "profile's op table come after the main rounds)"
+                                          if cfg.search_like and not derived else None)}
+    meta["status"] = "partial"
+    meta["partial"] = {"closed": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "why": why,
+                       "missing": missing, "resume": "run the same `hwnas profile` command on the profile's device"}
+    write_meta(folder, meta)
+    (folder / ".lock").unlink(missing_ok=True)
+    return summary(folder, meta, ops, e2e, {"visits_measured": 0})
 
 
 def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
@@ -489,4 +548,5 @@ def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session:
         "median_cv": round(float(np.median(cvs)), 4) if cvs else None, "retest": retest,
         "peak_gflops": roof["peak_gflops"], "bandwidth_gbs": roof["bandwidth_gbs"],
         "roofline": roof.get("summary", {}),
+        **({"missing": meta["partial"]["missing"]} if meta.get("partial") else {}),
     }

@@ -175,6 +175,10 @@ def _profile_args(p):
     p.add_argument("--transfer-from", default=None, metavar="PROFILE",
                    help="a new device in about 3 minutes: time PROFILE's ops at the corners of its grid and a few "
                         "whole models here, and fit a predictor from both (writes OUT/predictor.json)")
+    p.add_argument("--close-partial", default=None, metavar="REASON",
+                   help="close the interrupted profile OUT without measuring (its device is gone): retest and "
+                        "roofline from what was measured, status partial with REASON; the same command without "
+                        "this flag on its device still resumes it")
     p.add_argument("--seed", type=int, default=0)
     _add_json(p)
 

@@ -302,3 +302,40 @@ def test_whole_models_take_two_visits_and_a_third_only_when_they_disagree(tmp_pa
             first_two = [r["latency_p50_ms"] for r in got[:2]]
             assert len(got) == (3 if wants_retake(first_two, e2e_rules) else 2)
     assert any(e == "e2e" for e, *_ in per_entry)
+
+
+def test_close_partial_then_resume(tmp_path, monkeypatch):
+    """A profile interrupted for good (its device gone) is closed as partial from what was measured: retest over
+    the closed retest entries, roofline rows, what is missing; nothing measured. Re-running the command resumes
+    and completes it, and the partial mark goes."""
+    import latency.profiler as profiler
+
+    out = tmp_path / "p"
+    cfg = tiny_config(batch=(1, 2), seq_len=(16,))
+    real, calls = profiler.measure_visit, {"n": 0}
+
+    def stop_after(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(profiler, "measure_visit", stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(cfg, out)
+    monkeypatch.setattr(profiler, "measure_visit", real)
+    with pytest.raises(ProfileError, match="needs a reason"):
+        profiler.close_partial(out, " ")
+    r = profiler.close_partial(out, "the lease ended")
+    meta = load_profile(out).meta
+    assert r["status"] == meta["status"] == "partial" and meta["partial"]["why"] == "the lease ended"
+    missing = meta["partial"]["missing"]
+    assert missing["op_entries"] + missing["e2e_entries"] > 0 and missing["searched_architectures"]
+    assert (out / "roofline.csv").exists() and r["visits_measured_now"] == 0
+    assert profiler.config_from_meta(meta).protocol == cfg.protocol
+    done = run_profile(cfg, out)
+    meta = load_profile(out).meta
+    assert done["status"] == meta["status"] == "complete" and "partial" not in meta
+    assert sorted(keys(out)) == sorted(set(keys(out)))
+    with pytest.raises(ProfileError, match="is complete"):
+        profiler.close_partial(out, "again")
