@@ -290,6 +290,7 @@ def _public(d: Device) -> dict:
     meta = d.prof.meta
     c.update({"profile": str(d.prof.path), "backend": meta.get("backend", {}).get("name"),
               "threads": meta.get("backend", {}).get("threads"), "cpu": meta.get("device", {}).get("cpu_model"),
+              "device": meta.get("backend", {}).get("device", "cpu"), "gpu": meta.get("device", {}).get("gpu"),
               "measured_here": d.here})
     return c
 
