@@ -329,8 +329,38 @@ def max_main_visits(protocol: Protocol) -> int:
     return max(protocol.for_kind(k).visits for k in ("op", "e2e"))
 
 
+class ClockLog:
+    """On a GPU: every ``interval`` seconds of measuring, nvidia-smi's clocks, temperature and power and the host's
+    load average, appended to ``clocks.csv`` with the visits taken so far, so that a drift in the rows can be told
+    apart: a GPU that slowed (clocks down) from a host that dispatches slower (clocks steady, eager runs being
+    launch-bound). Off (no file) on a CPU or where nvidia-smi is missing."""
+
+    COLUMNS = ["time", "visits", "sm_mhz", "mem_mhz", "temperature_c", "power_w", "loadavg_1m"]
+
+    def __init__(self, folder: Path, enabled: bool, interval_s: float = 15.0) -> None:
+        self.folder, self.enabled, self.interval_s = folder, enabled, interval_s
+        self.last = -float("inf")
+
+    def tick(self, visits: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.interval_s:
+            return
+        self.last = now
+        clocks = gpu_clocks()
+        if clocks is None:
+            self.enabled = False
+            return
+        from latency.table import RowAppender
+
+        row = {"time": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits": visits,
+               **{k: clocks.get(k) for k in ("sm_mhz", "mem_mhz", "temperature_c", "power_w")},
+               "loadavg_1m": (_loadavg() or [None])[0]}
+        with RowAppender(self.folder / "clocks.csv", self.COLUMNS) as out:
+            out.append(row)
+
+
 def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
-                 session: dict) -> None:
+                 session: dict, clock_log: ClockLog | None = None) -> None:
     """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
     (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached."""
     def measure(todo: list[tuple[int, Job]]) -> None:
@@ -339,6 +369,8 @@ def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Pr
             bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
             journal.add(job, w, measure_visit(graphs, job, protocol))
             session["visits_measured"] += 1
+            if clock_log is not None:
+                clock_log.tick(session["visits_measured"])
             bar.advance()
 
     measure([(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)])
@@ -413,17 +445,18 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             later = derived_jobs(cfg, derived, jobs) if derived else []
             journal = Journal(folder, jobs + retest + later, cfg.protocol)
             graphs = Graphs(backend, cfg.seed)
+            clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
             bar = Progress(0, enabled=progress)
             with journal:
                 journal.finish_complete()
                 measure_jobs(journal, graphs, _shuffled(jobs + retest, cfg.seed) if retest else jobs, cfg.protocol,
-                             bar, session)
+                             bar, session, clock_log)
                 if cfg.search_like and not derived:
                     meta["derived_archs"] = derived = derive_archs(cfg, folder, meta)
                     write_meta(folder, meta)
                     later = derived_jobs(cfg, derived, jobs)
                     journal.extend(later)
-                measure_jobs(journal, graphs, later, cfg.protocol, bar, session)
+                measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log)
             ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
             e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
             check_unique(folder / "ops.csv", ops, OPS_KEY)

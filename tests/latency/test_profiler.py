@@ -339,3 +339,25 @@ def test_close_partial_then_resume(tmp_path, monkeypatch):
     assert sorted(keys(out)) == sorted(set(keys(out)))
     with pytest.raises(ProfileError, match="is complete"):
         profiler.close_partial(out, "again")
+
+
+def test_clock_log_samples_the_gpu_at_intervals(tmp_path, monkeypatch):
+    """On a GPU, clocks.csv gets one row per interval with the visit count; without nvidia-smi it turns itself off."""
+    import latency.profiler as profiler
+
+    clocks = {"sm_mhz": 1980.0, "mem_mhz": 3201.0, "temperature_c": 50.0, "power_w": 300.0}
+    monkeypatch.setattr(profiler, "gpu_clocks", lambda: dict(clocks))
+    log = profiler.ClockLog(tmp_path, enabled=True, interval_s=3600)
+    log.tick(1)
+    log.tick(2)  # within the interval: nothing
+    log.last = -float("inf")
+    log.tick(7)
+    rows = read_rows(tmp_path / "clocks.csv", profiler.ClockLog.COLUMNS, {"visits": int, "sm_mhz": float})
+    assert [r["visits"] for r in rows] == [1, 7] and rows[0]["sm_mhz"] == 1980.0
+    monkeypatch.setattr(profiler, "gpu_clocks", lambda: None)
+    log.last = -float("inf")
+    log.tick(9)
+    assert not log.enabled and len(read_rows(tmp_path / "clocks.csv", profiler.ClockLog.COLUMNS)) == 2
+    off = profiler.ClockLog(tmp_path / "cpu", enabled=False, interval_s=0)
+    off.tick(1)
+    assert not (tmp_path / "cpu").exists()
