@@ -37,9 +37,9 @@ VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms"
 VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
                "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
 
-def entry_row(job: Job, visits: list[dict]) -> dict:
-    """The ops.csv or e2e.csv row of ``job`` from its visits."""
-    s, ctx = combine_visits(visits), job.ctx
+def entry_row(job: Job, visits: list[dict], statistic: str = "median") -> dict:
+    """The ops.csv or e2e.csv row of ``job`` from its visits (combined by the protocol's ``statistic``)."""
+    s, ctx = combine_visits(visits, statistic), job.ctx
     if job.kind == "op":
         spec = job.spec
         return {"op_key": spec.key, "kind": spec.kind, "hidden": spec.hidden, "batch": ctx.batch,
@@ -113,7 +113,7 @@ class Journal:
             return
         if wants_retake([v["latency_p50_ms"] for v in got], rules):
             return
-        self.out[job.kind].append(entry_row(job, got))
+        self.out[job.kind].append(entry_row(job, got, self.protocol.statistic))
         self.done.add(job.key)
 
     def finish_complete(self) -> None:

@@ -88,7 +88,7 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
         for name in order:
             samples, reason = measure_runnable(backend, entries[name], rules)
             visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason})
-    return {k: combine_visits(v) for k, v in visits.items()}
+    return {k: combine_visits(v, protocol.statistic) for k, v in visits.items()}
 
 
 def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, kind: str = "e2e") -> dict:

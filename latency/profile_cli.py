@@ -7,6 +7,8 @@ Examples:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from latency.measure import cuda_protocol, quick_protocol
 from latency.profiler import (
     CUDA_BATCH,
@@ -44,6 +46,8 @@ def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None]
 def config_from_args(args) -> ProfileConfig:
     quick, cuda = bool(getattr(args, "quick", False)), args.device == "cuda"
     protocol = cuda_protocol(Protocol(seed=args.seed)) if cuda else Protocol(seed=args.seed)
+    if getattr(args, "statistic", None):
+        protocol = replace(protocol, statistic=args.statistic)
     return ProfileConfig(
         backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
         batch=tuple(args.batch or (QUICK_BATCH if quick else CUDA_BATCH if cuda else DEFAULT_BATCH)),
@@ -118,13 +122,13 @@ def measure_main(args) -> int:
     from nas.arch import Architecture
 
     arch = Architecture.load(args.arch)
-    backend, device, threads = args.backend, args.device, args.threads
+    backend, device, threads = args.backend, args.device or "cpu", args.threads
     protocol = cuda_protocol(Protocol()) if device == "cuda" else Protocol()
     if getattr(args, "profile", None):  # the profile's backend, threads and protocol: comparable with its rows
         from latency.table import check_device_here, read_meta, resolve
 
         meta = read_meta(resolve(args.profile))
-        check_device_here(args.profile, meta)
+        check_device_here(args.profile, meta, args.device)  # a --device given must be the profile's
         b = meta["backend"]
         backend, device, threads = b["name"], b.get("device", "cpu"), int(b["threads"])
         protocol = Protocol.from_dict(meta["protocol"])

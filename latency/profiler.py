@@ -549,7 +549,7 @@ def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
 def retest_result(journal: Journal, jobs: list[Job], rows: list[dict]) -> dict:
     """Agreement of the retest measurements with the stored rows of the same entries."""
     first = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
-    second = {j.key: combine_visits(journal.visits_of(j))["latency_p50_ms"] for j in jobs}
+    second = {j.key: combine_visits(journal.visits_of(j), journal.protocol.statistic)["latency_p50_ms"] for j in jobs}
     by_kind = {}
     for kind in ("op", "e2e"):
         ks = [j.key for j in jobs if j.kind == kind]

@@ -175,6 +175,10 @@ def _profile_args(p):
     p.add_argument("--transfer-from", default=None, metavar="PROFILE",
                    help="a new device in about 3 minutes: time PROFILE's ops at the corners of its grid and a few "
                         "whole models here, and fit a predictor from both (writes OUT/predictor.json)")
+    p.add_argument("--statistic", choices=("median", "min"), default=None,
+                   help="an entry's latency from its visits: the median of their medians (default), or the fastest "
+                        "visit's (a machine whose speed drifts in bursts, e.g. a shared GPU host); recorded in the "
+                        "protocol")
     p.add_argument("--close-partial", default=None, metavar="REASON",
                    help="close the interrupted profile OUT without measuring (its device is gone): retest and "
                         "roofline from what was measured, status partial with REASON; the same command without "
@@ -193,7 +197,8 @@ def cmd_measure(args):
 
 
 cmd_measure.arguments(lambda p: (
-    p.add_argument("arch"), p.add_argument("--backend", default="onnxruntime"), p.add_argument("--device", default="cpu"),
+    p.add_argument("arch"), p.add_argument("--backend", default="onnxruntime"),
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cpu; with --profile, the profile's)"),
     p.add_argument("--threads", type=int, default=1),
     p.add_argument("--profile", default=None, help="take the backend, threads and protocol of this profile (its "
                    "whole-model rows and this measurement are then comparable)"), _add_ctx(p), _add_json(p)))

@@ -361,3 +361,31 @@ def test_clock_log_samples_the_gpu_at_intervals(tmp_path, monkeypatch):
     off = profiler.ClockLog(tmp_path / "cpu", enabled=False, interval_s=0)
     off.tick(1)
     assert not (tmp_path / "cpu").exists()
+
+
+def test_measure_refuses_a_profile_of_another_device_kind(tiny_profile, tmp_path, capsys):
+    out, _ = tiny_profile
+    assert main(["sample", "--space", "adabert", "--preset", "tiny", "--seed", "2", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    rc, stdout, err = _cli(["measure", str(tmp_path / "a.json"), "--profile", str(out), "--device", "cuda",
+                            "--batch", "1", "--seq-len", "16"], capsys)
+    assert rc != 0 and "is a CPU profile" in err and "--device cpu" in err and len(err.strip().splitlines()) == 1
+
+
+def test_statistic_min_takes_the_fastest_visit(tmp_path):
+    """--statistic min: each row is its fastest visit's percentiles (recorded in the protocol); the CLI passes it."""
+    import pandas as pd
+
+    from latency.profile_cli import config_from_args
+    from nas.cli import build_parser
+
+    args = build_parser().parse_args(["profile", "--out", str(tmp_path / "x"), "--statistic", "min"])
+    assert config_from_args(args).protocol.statistic == "min"
+    out = tmp_path / "min"
+    run_profile(tiny_config(protocol=replace(quick_protocol(Protocol()), statistic="min"), search_like=False), out)
+    assert load_profile(out).meta["protocol"]["statistic"] == "min"
+    v = pd.read_csv(out / "visits.csv")
+    fastest = v[~v.graph.str.startswith("retest:")].groupby(["graph", "batch", "seq_len"]).latency_p50_ms.min()
+    ops = load_profile(out).ops
+    assert len(ops) > 0 and all(
+        r.latency_p50_ms == pytest.approx(fastest[(r.op_key, r.batch, r.seq_len)]) for r in ops.itertuples())
