@@ -179,12 +179,12 @@ def test_efficiency_descent_lands_expected_latency_in_the_window(space, cost):
     opt = torch.optim.Adam(logits.values(), lr=0.05)
     for _ in range(300):
         loss, e = eff(torch.zeros(()), {k: torch.softmax(v, -1) for k, v in logits.items()})
-        if float(loss) == 0.0:
+        if float(loss.detach()) == 0.0:
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert WINDOW_LO * budget <= float(e) <= budget
+    assert WINDOW_LO * budget <= float(e.detach()) <= budget
     # without a budget: the paper's normalised proxy, beta * E / max
     plain = Efficiency(cost, None, "window", beta=4.0)
     probs = {k: torch.softmax(v.detach(), -1) for k, v in logits.items()}
