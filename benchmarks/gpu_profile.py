@@ -9,8 +9,8 @@ shipped profiles; measures nothing, so it runs anywhere:
 3. what bounds the GPU: ops against the GPU roofline, whole models' latency from batch 1 x 32 tokens to
    batch 64 x 256 (a launch-bound model hardly moves);
 4. the default predictor on the profile's held-out ``test`` split beside the CPU profiles' figures
-   (``results/predictor_accuracy.json``), and what it would read with rows rebuilt from the same visits as their
-   minimum instead of their median;
+   (``results/predictor_accuracy.json``), and what it (and the CPU profiles' predictors) would read with rows
+   rebuilt from the same visits as their minimum instead of their median;
 5. per op, GPU / CPU cost ratio (the same torch eager ops on this CPU, 1 thread) at the Contexts both grids have:
    which ops are cheap where;
 6. with the predictors, the architecture a latency-only search returns under the same budget (a fraction of each
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from latency.evaluate import evaluate, test_points  # noqa: E402
-from latency.predictor import DEFAULT_KIND, load_predictor  # noqa: E402
+from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
 from latency.stats import retest_agreement  # noqa: E402
 from nas.spaces import Context  # noqa: E402
@@ -125,7 +125,6 @@ def what_if_min(prof, pred_kind: str = DEFAULT_KIND) -> dict:
     visit medians instead of their median (no new measurement): how much of the miss is the statistic's."""
     import hashlib
 
-    from latency.predictor import fit
     from latency.profile_data import ProfileData
 
     v = visits_frame(prof)
@@ -245,7 +244,9 @@ def main() -> int:
         "repeatability": repeatability(gpu),
         "what_bounds": what_bounds(gpu),
         "accuracy": {"gpu": accuracy(gpu, preds[gpu.name]), "predictor": preds[gpu.name].kind,
-                     "gpu_what_if_min_statistic": what_if_min(gpu), "cpu_profiles": cpu_accuracy()},
+                     "gpu_what_if_min_statistic": what_if_min(gpu), "cpu_profiles": cpu_accuracy(),
+                     "cpu_what_if_min_statistic": {c.name: {"median": accuracy(c, fit(c)), **what_if_min(c)}
+                                                   for c in cpus}},
         "op_ratios": op_ratios(gpu, cpus[0]),
         "search": {s: [search(preds, s, ctx) for ctx in SEARCH_CTXS] for s in ("adabert", "nasbert")},
     }
@@ -261,6 +262,9 @@ def main() -> int:
     print("bounds", r["what_bounds"])
     print("accuracy", json.dumps(r["accuracy"]["gpu"]))
     print("what-if min statistic", json.dumps(r["accuracy"]["gpu_what_if_min_statistic"]["accuracy"]))
+    for name, w in r["accuracy"]["cpu_what_if_min_statistic"].items():
+        print(name, "median -> min:", {sp: (round(w["median"][sp]["within_10_pct"], 3), round(m["within_10_pct"], 3))
+                                       for sp, m in w["accuracy"].items()})
     print("op ratios by context", r["op_ratios"]["median_ratio_by_context"])
     for s, rows in r["search"].items():
         for row in rows:
