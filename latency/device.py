@@ -106,7 +106,8 @@ def gpu_details() -> dict:
 
 def gpu_clocks() -> dict | None:
     """GPU 0's SM and memory clocks (MHz), temperature (C) and power (W) now, from nvidia-smi (None without it):
-    a profile records them at the start and end of each session, to show the clocks were up while it measured."""
+    a GPU profile records them at the start and end of each session and every 15 s of measuring (``clocks.csv``),
+    to show whether the clocks were up while it measured."""
     line = nvidia_smi_query("clocks.sm", "clocks.mem", "temperature.gpu", "power.draw")
     if not line:
         return None

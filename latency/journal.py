@@ -81,6 +81,10 @@ class Journal:
             return len(got) < rules.visits or wants_retake([v["latency_p50_ms"] for v in got], rules)
         return job.key not in self.done
 
+    def closed(self, job: Job) -> bool:
+        """Whether the entry takes no more visits (its row is written; a retest entry's visits are in and agree)."""
+        return not self._open(job)
+
     def wants(self, job: Job, visit: int) -> bool:
         """Whether ``visit`` of ``job`` is to be measured: a main-round visit not yet taken, or the next extra
         visit of an entry whose visits disagree."""

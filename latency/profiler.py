@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CUDA_BATCH, CUDA_SEQ_LEN = (1, 8, 32, 64), (32, 128, 256)  # a GPU serves batches: 1 to 64 (seq_len 64 lies between
-# 32 and 128; 12 Contexts, as on the CPU, keep a full GPU profile near 5 minutes)
+# 32 and 128; 12 Contexts, as on the CPU: on a lent H200 whose speed drifted, the main rounds alone took 11.5 min)
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
 # used is released and re-created from its file when next needed
 LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,
@@ -518,7 +518,7 @@ def close_partial(out: str | os.PathLike, why: str) -> dict:
     check_unique(folder / "ops.csv", ops, OPS_KEY)
     check_unique(folder / "e2e.csv", e2e, E2E_KEY)
     done_keys = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]) for r in ops + e2e}
-    closed = [j for j in retest if not journal._open(j) and j.key in done_keys]
+    closed = [j for j in retest if journal.closed(j) and j.key in done_keys]
     if closed and not meta.get("retest"):
         meta["retest"] = {**retest_result(journal, closed, ops + e2e), "entries_planned": len(retest)}
     if meta.get("roofline"):
