@@ -37,6 +37,9 @@ from latency.profile_data import read_profile  # noqa: E402
 from latency.stats import retest_agreement  # noqa: E402
 from nas.spaces import Context  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from predictor_accuracy import summarise  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results" / "gpu_profile.json"
 GPU = "nvidia-h200_torch-2.11_cuda"
 CPUS = ("amd-epyc-2c_torch-2.13_t1", "amd-epyc-2c_ort-1.31_t1")
@@ -111,13 +114,10 @@ def what_bounds(prof) -> dict:
 
 
 def accuracy(prof, pred) -> dict:
-    res = evaluate(pred, prof, points=test_points(pred, prof))
-    out = {}
-    for space, r in res.items():
-        rho = [m["spearman"] for m in r["contexts"].values() if m["spearman"] is not None]
-        out[space] = {**{k: r["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")},
-                      "spearman_min_ctx": float(np.min(rho)), "spearman_mean_ctx": float(np.mean(rho))}
-    return out
+    """Per space on the held-out rows: ``predictor_accuracy.summarise``'s figures, without the per-Context table."""
+    res = summarise(evaluate(pred, prof, points=test_points(pred, prof)))
+    keys = ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct", "spearman_min_ctx", "spearman_mean_ctx")
+    return {space: {k: r[k] for k in keys} for space, r in res.items()}
 
 
 def what_if_min(prof, pred_kind: str = DEFAULT_KIND) -> dict:

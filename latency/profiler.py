@@ -457,16 +457,11 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                     later = derived_jobs(cfg, derived, jobs)
                     journal.extend(later)
                 measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log)
-            ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
-            e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
-            check_unique(folder / "ops.csv", ops, OPS_KEY)
-            check_unique(folder / "e2e.csv", e2e, E2E_KEY)
+            ops, e2e = read_tables(folder)
             if retest:
                 meta["retest"] = retest_result(journal, retest, ops + e2e)
             bar.close()
-            rows = roofline_rows(ops, meta["roofline"])
-            write_roofline_csv(folder / "roofline.csv", rows)
-            meta["roofline"]["summary"] = roofline_summary(rows)
+            write_roofline(folder, meta, ops)
             session["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
             session["loadavg_end"] = _loadavg()
             if cfg.device == "cuda":
@@ -479,6 +474,22 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
         finally:
             os.close(lock)
     return summary(folder, meta, ops, e2e, session)
+
+
+def read_tables(folder: Path) -> tuple[list[dict], list[dict]]:
+    """The folder's ``ops.csv`` and ``e2e.csv`` rows, each entry once (else a :class:`ProfileError`)."""
+    ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
+    e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
+    check_unique(folder / "ops.csv", ops, OPS_KEY)
+    check_unique(folder / "e2e.csv", e2e, E2E_KEY)
+    return ops, e2e
+
+
+def write_roofline(folder: Path, meta: dict, ops: list[dict]) -> None:
+    """Every op row against the measured roofline: ``roofline.csv`` and ``meta["roofline"]["summary"]``."""
+    rows = roofline_rows(ops, meta["roofline"])
+    write_roofline_csv(folder / "roofline.csv", rows)
+    meta["roofline"]["summary"] = roofline_summary(rows)
 
 
 def config_from_meta(meta: dict) -> ProfileConfig:
@@ -513,18 +524,13 @@ def close_partial(out: str | os.PathLike, why: str) -> dict:
     derived = meta.get("derived_archs")
     later = derived_jobs(cfg, derived, jobs) if derived else []
     journal = Journal(folder, jobs + retest + later, cfg.protocol)
-    ops = read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)
-    e2e = read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)
-    check_unique(folder / "ops.csv", ops, OPS_KEY)
-    check_unique(folder / "e2e.csv", e2e, E2E_KEY)
+    ops, e2e = read_tables(folder)
     done_keys = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]) for r in ops + e2e}
     closed = [j for j in retest if journal.closed(j) and j.key in done_keys]
     if closed and not meta.get("retest"):
         meta["retest"] = {**retest_result(journal, closed, ops + e2e), "entries_planned": len(retest)}
     if meta.get("roofline"):
-        rows = roofline_rows(ops, meta["roofline"])
-        write_roofline_csv(folder / "roofline.csv", rows)
-        meta["roofline"]["summary"] = roofline_summary(rows)
+        write_roofline(folder, meta, ops)
     missing = {"op_entries": sum(j.kind == "op" and j.key not in done_keys for j in jobs),
                "e2e_entries": sum(j.kind == "e2e" and j.key not in done_keys for j in jobs + later),
                "retest_entries": len(retest) - len(closed),

@@ -228,9 +228,10 @@ def check_device_here(name: str | os.PathLike, meta: dict, device: str | None = 
         raise ProfileError(f"{name} is a {theirs.upper()} profile, measured on {profile_device(meta)}; this run "
                            f"measures on --device {device}: pass a {device.upper()} profile of this machine, or "
                            f"--device {theirs}")
-    if theirs == "cuda" and cuda_problem():
+    problem = cuda_problem() if theirs == "cuda" else None
+    if problem:
         raise ProfileError(f"{name} is a GPU profile, measured on {profile_device(meta)}; this machine cannot run "
-                           f"CUDA ({cuda_problem()}): measure on that GPU, or use a CPU profile of this machine")
+                           f"CUDA ({problem}): measure on that GPU, or use a CPU profile of this machine")
 
 
 def fingerprint_hash(meta: dict) -> str:
