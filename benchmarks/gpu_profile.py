@@ -123,8 +123,7 @@ def accuracy(prof, pred) -> dict:
 def what_if_min(prof, pred_kind: str = DEFAULT_KIND) -> dict:
     """The default predictor refitted and judged with every row rebuilt from its visits as the *minimum* of the
     visit medians instead of their median (no new measurement): how much of the miss is the statistic's."""
-    import hashlib
-
+    from latency.journal import visit_graph
     from latency.profile_data import ProfileData
 
     v = visits_frame(prof)
@@ -132,7 +131,7 @@ def what_if_min(prof, pred_kind: str = DEFAULT_KIND) -> dict:
     ops = prof.ops.copy()
     ops["latency_p50_ms"] = [main[(k, b, s)] for k, b, s in zip(ops.op_key, ops.batch, ops.seq_len)]
     e2e = prof.e2e.copy()
-    gid = {a: "arch:" + hashlib.sha1(a.encode()).hexdigest()[:16] for a in e2e.arch_json.unique()}
+    gid = {a: visit_graph("e2e", a) for a in e2e.arch_json.unique()}
     e2e["latency_p50_ms"] = [main[(gid[a], b, s)] for a, b, s in zip(e2e.arch_json, e2e.batch, e2e.seq_len)]
     rebuilt = ProfileData(prof.path, prof.meta, ops, e2e)
     pred = fit(rebuilt, pred_kind)

@@ -37,6 +37,18 @@ VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms"
 VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
                "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
 
+def visit_graph(kind: str, graph: str) -> str:
+    """An entry's ``graph`` in ``visits.csv``: the op key, or ``arch:`` + 16 hex digits of the SHA-1 of the
+    architecture's JSON.
+
+    >>> visit_graph("op", "ffn:inner=512|h=128"), len(visit_graph("e2e", '{"space":"nasbert"}'))
+    ('ffn:inner=512|h=128', 21)
+    """
+    import hashlib
+
+    return graph if kind == "op" else "arch:" + hashlib.sha1(graph.encode()).hexdigest()[:16]
+
+
 def entry_row(job: Job, visits: list[dict], statistic: str = "median") -> dict:
     """The ops.csv or e2e.csv row of ``job`` from its visits (combined by the protocol's ``statistic``)."""
     s, ctx = combine_visits(visits, statistic), job.ctx

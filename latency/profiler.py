@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import logging
 import os
 import random
@@ -31,7 +30,7 @@ import torch
 
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint, gpu_clocks
-from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal  # noqa: F401  (re-exported)
+from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal, visit_graph  # noqa: F401
 from latency.measure import (  # noqa: F401
     EXPORT_CTX,
     check_context,
@@ -131,7 +130,7 @@ class Job:
     def visit_key(self) -> tuple:
         """The entry's key in visits.csv: an architecture is named by a short hash of its JSON; a retest
         measurement by ``retest:`` + its entry's name."""
-        gid = self.graph if self.kind == "op" else "arch:" + hashlib.sha1(self.graph.encode()).hexdigest()[:16]
+        gid = visit_graph(self.kind, self.graph)
         return ("retest:" + gid if self.retest else gid, self.ctx.batch, self.ctx.seq_len)
 
 
