@@ -7,6 +7,8 @@ Two profiles may only be merged, or one resumed, when their fingerprints agree o
 (1, True, True)
 >>> cpu_slug("Intel(R) Core(TM) i7-10700K CPU @ 3.80GHz", 8)
 'intel-core-i7-10700k-8c'
+>>> cpu_slug("AMD EPYC", 2, "AuthenticAMD 26/2/1 avx2 avx512f")  # a VM that masks the model number
+'amd-epyc-f26m2-2c'
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ from pathlib import Path
 COMPAT_FIELDS = (
     "cpu_model", "cores", "machine", "gpu", "gpu_driver", "python", "torch", "onnxruntime", "numpy",
 )  # fmt: skip
+# ... and those compared only where both sides recorded them (profiles made before hwnas recorded cpu_id lack it;
+# their hashes and comparisons are as before)
+OPTIONAL_COMPAT_FIELDS = ("cpu_id",)
+# the vector extensions that decide how fast a CPU runs these models (onnxruntime and torch pick kernels by them)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "asimd", "sve")
 LIBRARIES = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "numpy": ("numpy",)}
 
 
@@ -38,6 +45,32 @@ def cpu_model() -> str:
         if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
             return value.strip()
     return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def cpu_id() -> str | None:
+    """The CPU's identity beyond its name: vendor, family/model/stepping and vector extensions from /proc/cpuinfo
+    (``"AuthenticAMD 26/2/1 avx2 avx512f avx512_vnni avx512_bf16"``); None where the kernel does not say.
+
+    Virtual machines often mask the name (``"AMD EPYC"``): on this project's 2-core VMs two hosts under that one
+    name ran onnxruntime 2x apart (a Zen 5 with AVX-512, family 26, against an earlier host), which only the family
+    and the extensions tell apart.
+    """
+    text = _read("/proc/cpuinfo") or ""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if info:
+                break  # the first processor's block is enough
+            continue
+        info.setdefault(key.strip(), value.strip())
+    vendor = info.get("vendor_id") or info.get("CPU implementer")
+    if not vendor:
+        return None
+    nums = "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")) if "cpu family" in info else \
+        "/".join(info.get(k, "?") for k in ("CPU architecture", "CPU part", "CPU revision"))
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return " ".join([vendor, nums, *(f for f in ISA_FLAGS if f in flags)])
 
 
 def governor() -> str | None:
@@ -134,7 +167,7 @@ def fingerprint(threads: int | None = None) -> dict:
     Args:
         threads: the fixed intra-op thread count of the measurement (None: not fixed, e.g. ``hwnas env``).
     Returns:
-        A JSON-able dict: cpu_model, cores, cpu_affinity, governor, gpu, gpu_driver, os, machine, python,
+        A JSON-able dict: cpu_model, cpu_id (:func:`cpu_id`), cores, cpu_affinity, governor, gpu, gpu_driver, os, machine, python,
         torch, onnxruntime, numpy, threads; with a CUDA device also :func:`gpu_details` (memory, capability,
         CUDA, cuDNN, TF32).
     """
@@ -142,6 +175,7 @@ def fingerprint(threads: int | None = None) -> dict:
     details = gpu_details() if gpu else {}
     return {
         "cpu_model": cpu_model(),
+        "cpu_id": cpu_id(),
         "cores": os.cpu_count() or 1,
         "cpu_affinity": affinity_cores(),  # cores this process may run on (taskset); informative only
         "governor": governor(),
@@ -166,8 +200,14 @@ def slug(text: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", _NOISE.sub(" ", text).lower())) or "unknown"
 
 
-def cpu_slug(model: str, cores: int) -> str:
-    return f"{slug(model)}-{cores}c"
+def cpu_slug(model: str, cores: int, cpu_id: str | None = None) -> str:
+    """``<model>-<cores>c``; where the name carries no model number (a VM's masked ``"AMD EPYC"``), the family and
+    model from ``cpu_id`` are added, so that two such hosts get two names."""
+    name = slug(model)
+    m = re.match(r"\S+ (\d+)/(\d+)/", cpu_id or "")
+    if m and not re.search(r"\d", name):
+        name += f"-f{m[1]}m{m[2]}"
+    return f"{name}-{cores}c"
 
 
 def profile_name(fp: dict, backend_short: str, backend_version: str, threads: int, device: str = "cpu") -> str:
@@ -182,4 +222,4 @@ def profile_name(fp: dict, backend_short: str, backend_version: str, threads: in
     version = ".".join(re.split(r"[.+]", backend_version)[:2])
     if device == "cuda":
         return f"{slug(fp.get('gpu') or 'gpu')}_{backend_short}-{version}_cuda"
-    return f"{cpu_slug(fp['cpu_model'], fp['cores'])}_{backend_short}-{version}_t{threads}"
+    return f"{cpu_slug(fp['cpu_model'], fp['cores'], fp.get('cpu_id'))}_{backend_short}-{version}_t{threads}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latency.device import COMPAT_FIELDS
+from latency.device import COMPAT_FIELDS, OPTIONAL_COMPAT_FIELDS
 from nas.errors import HwnasError
 from nas.io import atomic_write_text, read_json_object
 
@@ -187,7 +187,9 @@ def write_meta(folder: str | os.PathLike, meta: dict) -> Path:
 
 def compat_view(meta: dict) -> dict:
     """The parts of a profile's metadata that must match for its rows to be comparable."""
-    view = {f"device.{k}": meta.get("device", {}).get(k) for k in COMPAT_FIELDS}
+    device = meta.get("device", {})
+    view = {f"device.{k}": device.get(k) for k in COMPAT_FIELDS}
+    view.update({f"device.{k}": device[k] for k in OPTIONAL_COMPAT_FIELDS if device.get(k) is not None})
     for section in COMPAT_SECTIONS:
         value = meta.get(section)
         if isinstance(value, dict):
@@ -198,8 +200,11 @@ def compat_view(meta: dict) -> dict:
 
 
 def compat_differences(stored: dict, new: dict) -> list[str]:
+    """What differs between two profiles' :func:`compat_view` (an optional field only where both recorded it)."""
     a, b = compat_view(stored), compat_view(new)
-    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    optional = {f"device.{k}" for k in OPTIONAL_COMPAT_FIELDS}
+    keys = [k for k in sorted(set(a) | set(b)) if k not in optional or (k in a and k in b)]
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
 def check_compatible(folder: str | os.PathLike, stored: dict, new: dict) -> None:
