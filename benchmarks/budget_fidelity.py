@@ -98,7 +98,7 @@ def profile_agreement(prof, backend: dict, protocol, n: int, seed: int) -> dict 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("profile", nargs="?", default=None, help="profile folder (default: the shipped onnxruntime t1)")
+    ap.add_argument("profile", nargs="?", default=None, help="profile folder (default: the shipped onnxruntime t1 profile of this CPU, by cpu_id; else the first)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--measure-core", type=int, default=None, help="pin to this core for the measurements only")
@@ -115,10 +115,14 @@ def main() -> int:
             print(f"--contexts {args.contexts!r}: expected batch x seq_len pairs, e.g. 1x128,32x128")
             return 2
     if args.profile is None:
+        from latency.device import cpu_id
+
         cands = sorted(p for p in (ROOT / "profiles").glob("*ort*_t1") if (p / "profile.json").is_file())
         if not cands:
             print("no shipped onnxruntime 1-thread profile under profiles/; pass a profile folder")
             return 2
+        here = cpu_id()  # this machine's own profile first: another CPU's would judge its predictions, not ours
+        cands.sort(key=lambda p: json.loads((p / "profile.json").read_text())["device"].get("cpu_id") != here)
         args.profile = str(cands[0])
     from latency.measure import measure_arch
 

@@ -29,8 +29,9 @@ def op_row(key="ffn:inner=32|h=16", batch=1, seq_len=16, p50=0.5):
             "n_runs": 7, "flops": 1000, "bytes": 4000}
 
 
-def meta(threads=1, ort="1.31.1"):
-    return {"schema": SCHEMA, "created": "2026-01-01", "device": {"cpu_model": "X", "cores": 2, "onnxruntime": ort},
+def meta(threads=1, ort="1.31.1", cpu_id=None):
+    device = {"cpu_model": "X", "cores": 2, "onnxruntime": ort, **({"cpu_id": cpu_id} if cpu_id else {})}
+    return {"schema": SCHEMA, "created": "2026-01-01", "device": device,
             "backend": {"name": "onnxruntime", "version": ort, "threads": threads}, "protocol": {"min_runs": 5},
             "grid": {"batch": [1], "seq_len": [16]}, "spaces": [{"name": "nasbert", "preset": "tiny"}]}
 
@@ -125,6 +126,17 @@ def test_compatibility_check_names_the_difference():
     assert fingerprint_hash(meta()) != fingerprint_hash(meta(threads=2))
 
 
+def test_cpu_identity_is_compared_where_both_profiles_recorded_it():
+    zen5, older = "AuthenticAMD 26/2/1 avx2 avx512f", "AuthenticAMD 23/49/0 avx2"
+    with pytest.raises(ProfileError, match=r"device\.cpu_id 'AuthenticAMD 23/49/0 avx2' -> 'AuthenticAMD 26/2/1"):
+        check_compatible("p", meta(cpu_id=older), meta(cpu_id=zen5))  # one masked name, two CPUs
+    check_compatible("p", meta(cpu_id=zen5), meta(cpu_id=zen5))
+    check_compatible("p", meta(), meta(cpu_id=zen5))  # a profile from before cpu_id: nothing to compare
+    # ... and its hash (the one its predictor.json carries) is what it was
+    assert fingerprint_hash(meta()) == fingerprint_hash({**meta(), "device": {**meta()["device"], "cpu_id": None}})
+    assert fingerprint_hash(meta(cpu_id=zen5)) != fingerprint_hash(meta(cpu_id=older))
+
+
 def test_load_profile_and_list(tmp_path):
     write_profile(tmp_path / "a", [op_row(batch=1), op_row(batch=8)])
     (tmp_path / "not-a-profile").mkdir()
@@ -145,6 +157,8 @@ def test_shipped_profiles_load():
 def test_names_and_fingerprint():
     assert cpu_slug("Intel(R) Xeon(R) Processor", 2) == "intel-xeon-2c"
     assert cpu_slug("AMD EPYC 7B12 64-Core Processor", 4) == "amd-epyc-7b12-4c"
+    assert cpu_slug("AMD EPYC", 2, "AuthenticAMD 26/2/1 avx2") == "amd-epyc-f26m2-2c"  # masked: family, model
+    assert cpu_slug("AMD EPYC 7B12", 2, "AuthenticAMD 23/49/0 avx2") == "amd-epyc-7b12-2c"  # a name says enough
     fp = fingerprint(threads=2)
     assert fp["threads"] == 2 and fp["torch"] and fp["onnxruntime"] and fp["cores"] >= 1
     assert profile_name(fp, "torch", "2.13.0+cpu", 1).endswith("_torch-2.13_t1")
