@@ -100,8 +100,8 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", required=True, help="the full profile to transfer from")
-    ap.add_argument("--target", action="append", required=True, help="a full profile of the new device (repeat)")
+    ap.add_argument("--source", help="the full profile to transfer from (required unless --markdown)")
+    ap.add_argument("--target", action="append", help="a full profile of the new device (repeat; required unless --markdown)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "transfer"), help="where the transfer profiles go")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--seed", type=int, default=1, help="the transfer's seed (1: other sampled architectures than "

@@ -303,8 +303,15 @@ def _count_rows(path: Path) -> int:
 
 
 def list_profiles(root: str | os.PathLike | None = None) -> list[dict]:
-    """The profiles under ``root`` (default: the shipped ``profiles/`` package), one dict each with a ``name``."""
+    """The profiles under ``root`` (default: the shipped ``profiles/`` package), one dict each with a ``name``.
+
+    ``this_cpu``: whether the profile's recorded ``cpu_id`` is this machine's (None where it recorded none, as
+    profiles made before hwnas recorded it; a CPU's name alone can be shared by two CPUs, e.g. a VM's "AMD EPYC").
+    """
+    from latency.device import cpu_id
+
     root = Path(root) if root is not None else shipped_root()
+    here = cpu_id()
     out = []
     for d in sorted(p for p in root.iterdir() if (p / "profile.json").is_file()) if root.is_dir() else []:
         try:
@@ -318,5 +325,6 @@ def list_profiles(root: str | os.PathLike | None = None) -> list[dict]:
             "backend": b["name"], "version": b["version"], "device": b.get("device"), "threads": b["threads"],
             "ops_rows": _count_rows(d / "ops.csv"), "e2e_rows": _count_rows(d / "e2e.csv"),
             "status": meta.get("status"), "created": meta.get("created"),
+            "this_cpu": None if not meta["device"].get("cpu_id") else meta["device"]["cpu_id"] == here,
         })
     return out

@@ -145,6 +145,18 @@ def test_load_profile_and_list(tmp_path):
     listed = list_profiles(tmp_path)
     assert [d["name"] for d in listed] == ["a"]
     assert listed[0]["ops_rows"] == 2 and listed[0]["threads"] == 1
+    assert listed[0]["this_cpu"] is None  # no cpu_id recorded: cannot tell
+
+
+def test_listing_says_which_profiles_are_this_cpu(tmp_path):
+    from latency.device import cpu_id
+
+    for name, cid in (("here", cpu_id()), ("other", "AuthenticAMD 23/49/0 avx2")):
+        (tmp_path / name).mkdir()
+        m = meta(cpu_id=cid)
+        write_meta(tmp_path / name, m)
+    listed = {d["name"]: d["this_cpu"] for d in list_profiles(tmp_path)}
+    assert listed == {"here": True if cpu_id() else None, "other": False}  # None: a kernel that names no CPU
 
 
 def test_shipped_profiles_load():
