@@ -49,6 +49,22 @@ def same_device(prof, backend) -> list[str]:
     return compat_differences(prof.meta, here)
 
 
+def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed") -> str:
+    """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s). A
+    profile that recorded no ``cpu_id`` (made before hwnas recorded it) may come from another CPU under the same
+    name (a VM's "AMD EPYC"): the note says that this is not confirmed."""
+    from latency.device import cpu_id
+
+    if diffs:
+        return ("this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are this "
+                f"machine's, and {claim}")
+    note = "measured on the profile's device with its backend, threads and protocol"
+    if not prof.meta.get("device", {}).get("cpu_id") and cpu_id():
+        note += ("; the profile records no cpu_id, so that this is the CPU it was measured on (not only one of the "
+                 "same name) is not confirmed: `hwnas list profiles --json` shows this_cpu")
+    return note
+
+
 def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_labels: int = 2,
                    archs: dict | None = None) -> tuple[dict[str, dict], list[str]]:
     """Time transformers classifiers and hwnas architectures (``arch`` as ``"student"``, and ``archs`` by name)
@@ -109,9 +125,7 @@ def measure_report(out: Path, prof, ctx, teacher_dir) -> dict:
         "budget_met": (ms["student"] <= budget) if (here and budget is not None) else None,
         "budget_ratio": (ms["student"] / budget) if budget else None,
         "measured_on_profile_device": here,
-        "measure_note": ("measured on the profile's device with its backend, threads and protocol" if here else
-                         "this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are "
-                         "this machine's, and the budget is neither claimed met nor missed"),
+        "measure_note": measure_note(prof, diffs),
         "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
                             f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
                             "median of visit medians",
@@ -122,4 +136,4 @@ def _budget(out: Path) -> float | None:
     return json.loads((out / "config.json").read_text()).get("budget_ms")
 
 
-__all__ = ["measure_report", "measure_models", "bert_base", "same_device"]
+__all__ = ["measure_report", "measure_models", "measure_note", "bert_base", "same_device"]

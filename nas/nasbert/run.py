@@ -380,7 +380,7 @@ def _write_model(folder: Path, space, arch, nets, tok, prof, budget: float, ctx,
 
 
 def _measure(rows: list[dict], prof, ctx) -> dict:
-    from nas.adabert.measure import measure_models
+    from nas.adabert.measure import measure_models, measure_note
     from nas.arch import Architecture
     from nas.modeling import update_card
 
@@ -398,9 +398,7 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
         update_card(r["model_dir"], {"measured_latency_ms": s["latency_p50_ms"]})
     meta = prof.meta.get("backend", {})
     return {"measured_on_profile_device": here,
-            "measure_note": ("measured on the profile's device with its backend, threads and protocol" if here else
-                             "this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are "
-                             "this machine's, and no budget is claimed met or missed"),
+            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed"),
             "measure_protocol": f"{meta.get('name')} {meta.get('version')}, {meta.get('threads')} thread(s), "
                                 "shuffled rounds, median of visit medians"}
 

@@ -283,3 +283,18 @@ def test_a_killed_search_resumes_to_the_uninterrupted_result(demo_teacher, tmp_p
     pd.testing.assert_frame_equal(pd.read_csv(killed / "retrain.csv"), pd.read_csv(whole / "retrain.csv"),
                                   check_exact=False, rtol=1e-6)
     assert not (killed / "search.pt").exists() and not (killed / "retrain.pt").exists()
+
+
+def test_measure_note_says_when_the_profile_cannot_confirm_this_cpu():
+    from types import SimpleNamespace
+
+    from latency.device import cpu_id
+    from nas.adabert.measure import measure_note
+
+    mine = SimpleNamespace(meta={"device": {"cpu_model": "AMD EPYC", "cpu_id": cpu_id()}})
+    older = SimpleNamespace(meta={"device": {"cpu_model": "AMD EPYC"}})  # made before hwnas recorded cpu_id
+    assert measure_note(mine, []) == "measured on the profile's device with its backend, threads and protocol"
+    assert ("no cpu_id" in measure_note(older, [])) == bool(cpu_id())
+    note = measure_note(older, ["device.cores 2 -> 4"], "no budget is claimed met or missed")
+    assert note.startswith("this machine is not the profile's device (device.cores 2 -> 4)") and \
+        note.endswith("no budget is claimed met or missed")
