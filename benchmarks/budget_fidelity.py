@@ -116,13 +116,14 @@ def main() -> int:
             return 2
     if args.profile is None:
         from latency.device import cpu_id
+        from latency.table import read_meta
 
         cands = sorted(p for p in (ROOT / "profiles").glob("*ort*_t1") if (p / "profile.json").is_file())
         if not cands:
             print("no shipped onnxruntime 1-thread profile under profiles/; pass a profile folder")
             return 2
         here = cpu_id()  # this machine's own profile first: another CPU's would judge its predictions, not ours
-        cands.sort(key=lambda p: json.loads((p / "profile.json").read_text())["device"].get("cpu_id") != here)
+        cands.sort(key=lambda p: read_meta(p)["device"].get("cpu_id") != here)
         args.profile = str(cands[0])
     from latency.measure import measure_arch
 

@@ -37,13 +37,22 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's fields, each at its first non-empty value, in the file's order (on x86 the first
+    processor's block; on ARM also the machine lines after the blocks); empty where there is no such file."""
+    info: dict[str, str] = {}
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip():
+            info.setdefault(key.strip(), value.strip())
+    return info
+
+
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    text = _read("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-            return value.strip()
+    for key, value in _cpuinfo().items():
+        if key in ("model name", "Model", "Hardware", "cpu model"):
+            return value
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
@@ -55,15 +64,7 @@ def cpu_id() -> str | None:
     name ran onnxruntime 2x apart (a Zen 5 with AVX-512, family 26, against an earlier host), which only the family
     and the extensions tell apart.
     """
-    text = _read("/proc/cpuinfo") or ""
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            if info:
-                break  # the first processor's block is enough
-            continue
-        info.setdefault(key.strip(), value.strip())
+    info = _cpuinfo()
     vendor = info.get("vendor_id") or info.get("CPU implementer")
     if not vendor:
         return None
