@@ -144,6 +144,39 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
     }
 
 
+SPEED_TOLERANCE = 0.15  # measured / predicted beyond 1.15x or under 1 / 1.15x: the profile is not this machine
+
+
+def speed_ratio(pairs: list[tuple[float | None, float | None]]) -> float | None:
+    """The median of measured / predicted over ``(predicted_ms, measured_ms)`` pairs (None: no usable pair).
+
+    >>> speed_ratio([(2.0, 1.0), (4.0, 2.2), (1.0, None)])
+    0.525
+    """
+    r = sorted(m / p for p, m in pairs if p and m and p > 0 and m > 0)
+    if not r:
+        return None
+    n = len(r)
+    return r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
+
+
+def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANCE) -> str | None:
+    """One line when what was measured is ``ratio`` x what the profile predicts and that is beyond ``tol`` either
+    way (the predictor's held-out error is a few percent): the profile's device and this machine are not running
+    alike (another CPU under the same name, a busy machine, another library build), so the budget the search
+    aimed at is not this machine's. None when within.
+
+    >>> speed_warning(1.08, "p") is None, speed_warning(0.54, "p")[:40]
+    (True, 'measured 0.54x the latency that profile ')
+    """
+    if ratio is None or (1 / (1 + tol)) <= ratio <= 1 + tol:
+        return None
+    return (f"measured {ratio:.2f}x the latency that profile {profile} predicts (more than {tol:.0%} off): this "
+            "machine does not run like the profile's device (another CPU under the same name, other load, another "
+            f"library build); profile this machine (`hwnas profile --transfer-from {profile} --out NEW`, about 3 "
+            "minutes) and search with NEW")
+
+
 def check_context(space, ctx: Context) -> None:
     """Refuse a Context the space's position table cannot hold, or a non-positive one."""
     from nas.errors import HwnasError

@@ -132,13 +132,37 @@ def measure_main(args) -> int:
         b = meta["backend"]
         backend, device, threads = b["name"], b.get("device", "cpu"), int(b["threads"])
         protocol = Protocol.from_dict(meta["protocol"])
-    r = measure_arch(arch, Context(args.batch, args.seq_len), backend=backend, device=device, threads=threads,
-                     protocol=protocol)
+    ctx = Context(args.batch, args.seq_len)
+    r = measure_arch(arch, ctx, backend=backend, device=device, threads=threads, protocol=protocol)
     r["protocol"] = protocol.to_dict()
+    if getattr(args, "profile", None):
+        r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"]))
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
               f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
               f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs)")
+        if r.get("predicted_latency_ms") is not None:
+            print(f"{args.profile} predicts {r['predicted_latency_ms']:.3f} ms: measured {r['measured_vs_predicted']:.3f}x")
+        if r.get("speed_warning"):
+            print("warning: " + r["speed_warning"])
     return 0
+
+
+def _against_profile(profile: str, arch, ctx: Context, measured_ms: float) -> dict:
+    """What ``profile``'s predictor says of ``arch`` at ``ctx`` next to the measurement: ``predicted_latency_ms``,
+    ``measured_vs_predicted`` and ``speed_warning`` (None within tolerance); ``predictor_note`` instead when the
+    profile has no usable predictor or it does not cover the architecture."""
+    from latency.measure import speed_ratio, speed_warning
+    from latency.predictor import load_predictor
+    from latency.table import resolve
+    from nas.errors import HwnasError
+
+    try:
+        predicted = float(load_predictor(resolve(profile)).predict(arch, ctx))
+    except HwnasError as e:
+        return {"predicted_latency_ms": None, "predictor_note": str(e)}
+    ratio = speed_ratio([(predicted, measured_ms)])
+    return {"predicted_latency_ms": predicted, "measured_vs_predicted": ratio,
+            "speed_warning": speed_warning(ratio, profile)}

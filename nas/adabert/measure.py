@@ -49,11 +49,15 @@ def same_device(prof, backend) -> list[str]:
     return compat_differences(prof.meta, here)
 
 
-def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed") -> str:
-    """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s). A
-    profile that recorded no ``cpu_id`` (made before hwnas recorded it) may come from another CPU under the same
-    name (a VM's "AMD EPYC"): the note says that this is not confirmed."""
+def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed",
+                 ratio: float | None = None) -> str:
+    """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s;
+    ``ratio``: :func:`latency.measure.speed_ratio` of the measured models). A profile that recorded no ``cpu_id``
+    (made before hwnas recorded it) may come from another CPU under the same name (a VM's "AMD EPYC"): the note
+    says that this is not confirmed, and :func:`latency.measure.speed_warning` says when the measured models do
+    not run as the profile predicts."""
     from latency.device import cpu_id
+    from latency.measure import speed_warning
 
     if diffs:
         return ("this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are this "
@@ -62,6 +66,10 @@ def measure_note(prof, diffs: list[str], claim: str = "the budget is neither cla
     if not prof.meta.get("device", {}).get("cpu_id") and cpu_id():
         note += ("; the profile records no cpu_id, so that this is the CPU it was measured on (not only one of the "
                  "same name) is not confirmed: `hwnas list profiles --json` shows this_cpu")
+    warning = speed_warning(ratio, prof.name) if ratio is not None else None
+    if warning:
+        log.warning(warning)
+        note += "; " + warning
     return note
 
 
@@ -103,8 +111,9 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
     return stats, diffs
 
 
-def measure_report(out: Path, prof, ctx, teacher_dir) -> dict:
-    """Measure the run's student, its teacher and BERT-base; the report's measured fields."""
+def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None = None) -> dict:
+    """Measure the run's student, its teacher and BERT-base; the report's measured fields (with the student's
+    ``predicted_ms``: measured over predicted, and a warning in the note when it is far off)."""
     from transformers import AutoModelForSequenceClassification
 
     from nas.arch import Architecture
@@ -118,6 +127,9 @@ def measure_report(out: Path, prof, ctx, teacher_dir) -> dict:
     ms = {k: v["latency_p50_ms"] for k, v in stats.items()}
     budget = _budget(out)
     here = not diffs
+    from latency.measure import speed_ratio
+
+    ratio = speed_ratio([(predicted_ms, ms["student"])])
     return {
         "measured_latency_ms": ms["student"], "teacher_latency_ms": ms["teacher"], "bert_base_latency_ms": ms["bert_base"],
         "measured_p10_ms": stats["student"]["latency_p10_ms"], "measured_p90_ms": stats["student"]["latency_p90_ms"],
@@ -125,7 +137,8 @@ def measure_report(out: Path, prof, ctx, teacher_dir) -> dict:
         "budget_met": (ms["student"] <= budget) if (here and budget is not None) else None,
         "budget_ratio": (ms["student"] / budget) if budget else None,
         "measured_on_profile_device": here,
-        "measure_note": measure_note(prof, diffs),
+        "measured_vs_predicted": ratio,
+        "measure_note": measure_note(prof, diffs, ratio=ratio if here else None),
         "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
                             f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
                             "median of visit medians",

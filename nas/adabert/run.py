@@ -217,7 +217,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
     if measure and report.get("measured_latency_ms") is None:
         from nas.adabert.measure import measure_report
 
-        report.update(measure_report(out, prof, ctx, teacher_dir))
+        report.update(measure_report(out, prof, ctx, teacher_dir, predicted))
     elif "measured_latency_ms" not in report:
         report.update(dict.fromkeys(("measured_latency_ms", "teacher_latency_ms", "bert_base_latency_ms",
                                      "speedup_vs_teacher", "speedup_vs_bert_base", "budget_met", "budget_ratio")))

@@ -49,3 +49,35 @@ def test_cli_on_a_real_profile(real_tiny_profile, tmp_path, capsys):
     assert res["lut"]["nasbert"]["all"]["n"] > 0
     refit = fit(real_tiny_profile).to_dict()
     assert json.dumps(refit, sort_keys=True) == json.dumps(load_predictor(real_tiny_profile).to_dict(), sort_keys=True)
+
+
+def test_measure_against_a_profile_reports_its_prediction_and_warns_when_far_off(real_tiny_profile, tmp_path, capsys):
+    """``hwnas measure --profile`` sets the measurement beside the profile's prediction; a model running far from
+    it (another CPU under the same name) gets a warning naming the fix. Without a predictor: a note, no figure."""
+    import shutil
+
+    from latency.profile_cli import _against_profile
+
+    folder = tmp_path / "prof"
+    shutil.copytree(real_tiny_profile, folder)
+    (folder / "predictor.json").unlink(missing_ok=True)  # `hwnas profile` fits one; first, a profile without
+    arch = get_space("nasbert", "tiny").sample(seed=1)
+    ctx = Context(1, 32)
+    none = _against_profile(str(folder), arch, ctx, 1.0)
+    assert none["predicted_latency_ms"] is None and "hwnas fit" in none["predictor_note"]
+    assert main(["fit", str(folder), "--json"]) == 0
+    capsys.readouterr()
+    predicted = _against_profile(str(folder), arch, ctx, 1.0)["predicted_latency_ms"]
+    assert predicted > 0
+    alike = _against_profile(str(folder), arch, ctx, 1.1 * predicted)
+    assert alike["measured_vs_predicted"] == pytest.approx(1.1) and alike["speed_warning"] is None
+    off = _against_profile(str(folder), arch, ctx, 0.5 * predicted)
+    assert off["measured_vs_predicted"] == pytest.approx(0.5)
+    assert "0.50x" in off["speed_warning"] and f"--transfer-from {folder}" in off["speed_warning"]
+
+    arch.save(tmp_path / "a.json")
+    assert main(["measure", str(tmp_path / "a.json"), "--profile", str(folder), "--batch", "1", "--seq-len", "32",
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["predicted_latency_ms"] == pytest.approx(predicted)
+    assert r["measured_vs_predicted"] == pytest.approx(r["latency_p50_ms"] / predicted)

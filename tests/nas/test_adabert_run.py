@@ -229,6 +229,10 @@ def test_measure_adds_the_measured_fields_on_resume(run, demo_teacher, demo_smal
     assert report["measured_p10_ms"] <= report["measured_latency_ms"] <= report["measured_p90_ms"]
     if report["measured_on_profile_device"]:
         assert report["budget_met"] == (report["measured_latency_ms"] <= BUDGET_MS)
+        assert report["measured_vs_predicted"] == pytest.approx(report["measured_latency_ms"] /
+                                                                report["predicted_latency_ms"])
+        assert ("the latency that profile" in report["measure_note"]) == (
+            not 1 / 1.15 <= report["measured_vs_predicted"] <= 1.15)
     else:
         assert report["budget_met"] is None and "not the profile's device" in report["measure_note"]
     assert read_json(copy / "report.json")["measured_latency_ms"] == report["measured_latency_ms"]
@@ -298,3 +302,19 @@ def test_measure_note_says_when_the_profile_cannot_confirm_this_cpu():
     note = measure_note(older, ["device.cores 2 -> 4"], "no budget is claimed met or missed")
     assert note.startswith("this machine is not the profile's device (device.cores 2 -> 4)") and \
         note.endswith("no budget is claimed met or missed")
+
+
+def test_measure_note_warns_when_the_models_do_not_run_as_the_profile_predicts():
+    from types import SimpleNamespace
+
+    from latency.device import cpu_id
+    from nas.adabert.measure import measure_note
+
+    prof = SimpleNamespace(name="amd-epyc-2c_ort-1.31_t1", meta={"device": {"cpu_model": "AMD EPYC", "cpu_id": cpu_id()}})
+    plain = "measured on the profile's device with its backend, threads and protocol"
+    assert measure_note(prof, [], ratio=1.12) == plain == measure_note(prof, [], ratio=1 / 1.12)
+    note = measure_note(prof, [], ratio=0.54)
+    assert note.startswith(plain + "; measured 0.54x the latency that profile amd-epyc-2c_ort-1.31_t1 predicts")
+    assert "hwnas profile --transfer-from amd-epyc-2c_ort-1.31_t1 --out NEW" in note
+    assert "1.60x" in measure_note(prof, [], ratio=1.6)
+    assert "predicts" not in measure_note(prof, ["device.cores 2 -> 4"], ratio=None)  # another device: said already

@@ -390,3 +390,34 @@ def test_finetune_under_torchrun_matches_one_process(run, demo_teacher, tmp_path
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-3, worst
     assert json.loads(r1.stdout)["processes"] == 1 and json.loads(r2.stdout)["processes"] == 2
+
+
+def test_measure_step_sets_measured_beside_predicted_and_warns_when_far_off(monkeypatch):
+    """The measure step's bookkeeping (the timing itself is measure_models', tested with AdaBERT): per row the
+    measured latency and budget ratio; for the run the median measured / predicted, and a warning in the note
+    when the models ran far from what the profile predicts."""
+    from types import SimpleNamespace
+
+    import nas.adabert.measure as am
+    import nas.modeling
+    from latency.device import cpu_id
+    from nas.nasbert.run import _measure
+    from nas.spaces import get_space
+
+    archs = [get_space("nasbert", "tiny").sample(seed=s) for s in (1, 2)]
+    rows = [{"budget_ms": b, "feasible": True, "arch": a.to_dict(), "predicted_latency_ms": p, "model_dir": "x"}
+            for b, a, p in ((2.0, archs[0], 1.9), (4.0, archs[1], 3.8))]
+    rows.append({"budget_ms": 0.1, "feasible": False})
+    prof = SimpleNamespace(name="p", meta={"device": {"cpu_id": cpu_id()}, "backend": {"name": "onnxruntime"}})
+    measured = {"2.0": 1.0, "4.0": 2.0}  # half of what the profile predicts
+    monkeypatch.setattr(am, "measure_models", lambda prof, ctx, classifiers, archs: (
+        {k: {"latency_p50_ms": measured[k], "latency_p10_ms": measured[k], "latency_p90_ms": measured[k]}
+         for k in archs}, []))
+    monkeypatch.setattr(nas.modeling, "update_card", lambda *a, **k: None)
+    out = _measure(rows, prof, CTX)
+    assert [r.get("measured_latency_ms") for r in rows] == [1.0, 2.0, None]
+    assert rows[0]["budget_ratio"] == 0.5 and rows[0]["budget_met"] is True
+    assert out["measured_vs_predicted"] == pytest.approx((1.0 / 1.9 + 2.0 / 3.8) / 2)
+    assert "measured 0.53x the latency that profile p predicts" in out["measure_note"]
+    measured.update({"2.0": 1.9, "4.0": 3.9})
+    assert "predicts" not in _measure(rows, prof, CTX)["measure_note"]
