@@ -203,5 +203,6 @@ def cuda_protocol(protocol: Protocol) -> Protocol:
     :meth:`~latency.backends.base.Backend.settle` ramps the GPU's clocks up once before anything is timed and the
     unbroken stream of visits keeps them up; weights stay in device memory, so a visit's warm-up only refills the
     L2 cache and the allocator, which a few runs (microseconds to milliseconds each) do. The CPU's 0.1 s per
-    whole-model visit would be hundreds of GPU runs and most of a profile's time."""
-    return replace(protocol, warmup_min_s=0.01, e2e_warmup_min_s=0.03, fresh_warmup_s=0.1)
+    whole-model visit would be hundreds of GPU runs and most of a profile's time. Sessions are kept across visits
+    (a CUDA session takes a second to create)."""
+    return replace(protocol, warmup_min_s=0.01, e2e_warmup_min_s=0.03, fresh_warmup_s=0.1, e2e_session="shared")

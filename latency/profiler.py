@@ -65,6 +65,7 @@ DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_E2E = (1, 8, 32), (32, 64, 128, 256), 12
 QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CUDA_BATCH, CUDA_SEQ_LEN = (1, 8, 32, 64), (32, 128, 256)  # a GPU serves batches: 1 to 64 (seq_len 64 lies between
 # 32 and 128; 12 Contexts, as on the CPU: on a lent H200 whose speed drifted, the main rounds alone took 11.5 min)
+E2E_SESSIONS = ("per_visit", "shared")  # Protocol.e2e_session
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
 # used is released and re-created from its file when next needed
 LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,
@@ -258,8 +259,12 @@ class Graphs:
     exported file stays, so bringing it back costs a session, not an export). A small default grid keeps every
     graph alive, so each is prepared once."""
 
-    def __init__(self, backend: Backend, seed: int) -> None:
+    def __init__(self, backend: Backend, seed: int, e2e_session: str = "per_visit") -> None:
+        if e2e_session not in E2E_SESSIONS:
+            raise ProfileError(f"protocol.e2e_session {e2e_session!r} is none of {', '.join(E2E_SESSIONS)}; the "
+                               "profile.json is corrupt or from a newer hwnas")
         self.backend, self.seed = backend, seed
+        self.renew_e2e = e2e_session == "per_visit"  # a new session for every whole-model visit
         self.prepared: dict[str, Runnable] = {}
         self.alive: OrderedDict[str, int] = OrderedDict()  # graph -> bytes of weights
         self.max_alive = LIVE_MULTI_THREAD if backend.threads > 1 else None
@@ -284,6 +289,8 @@ class Graphs:
                     module = build_op(job.spec)
                 r = self.backend.prepare(module, self.inputs(job, EXPORT_CTX))
             self.prepared[job.graph] = r
+        elif job.kind == "e2e" and self.renew_e2e:
+            r.release()  # bind() below opens a new session, which runs no other Context than this visit's
         if job.graph not in self.alive:
             self.alive[job.graph] = 4 * (job.arch.get_space().analytic_params(job.arch, NUM_LABELS)
                                          if job.kind == "e2e" else op_params(job.spec))
@@ -443,7 +450,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             derived = meta.get("derived_archs")
             later = derived_jobs(cfg, derived, jobs) if derived else []
             journal = Journal(folder, jobs + retest + later, cfg.protocol)
-            graphs = Graphs(backend, cfg.seed)
+            graphs = Graphs(backend, cfg.seed, cfg.protocol.e2e_session)
             clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
             bar = Progress(0, enabled=progress)
             with journal:

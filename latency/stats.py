@@ -49,6 +49,10 @@ class Protocol:
     retest_fraction: float = 0.05  # share of entries measured a second time, as separate entries: test-retest
     retest_min: int = 20  # ... at least this many
     retest: str = "interleaved"  # the second measurement's visits share the main rounds (slow drift hits both)
+    e2e_session: str = "per_visit"  # a whole model's every visit gets a new session that runs only its Context, as
+    # a user's session at one shape does ("shared": one session per graph across every Context, the rule before
+    # 2026-12-04: onnxruntime's memory arena then keeps what the largest Context needed, and AdaBERT at b1 s128 read
+    # 2.3-3.0 % slower than in a session of its own). torch modules hold no such state: the same either way
 
     def for_kind(self, kind: str) -> Protocol:
         """The rules one visit of an ``op`` or ``e2e`` entry follows (whole models: their own warm-up, runs, cap)."""
@@ -73,7 +77,7 @@ class Protocol:
 # fields added after profiles were shipped -> the old behaviour: another field's value ("=name") or a constant
 LEGACY = {"e2e_warmup_runs": "=warmup_runs", "e2e_warmup_min_s": "=warmup_min_s", "e2e_min_runs": "=min_runs",
           "fresh_warmup_s": 0.0, "retake_spread": float("inf"), "max_visits": 0, "retest": "after",
-          "e2e_visits": "=visits"}
+          "e2e_visits": "=visits", "e2e_session": "shared"}
 
 
 def as_array(samples_s) -> np.ndarray:

@@ -389,3 +389,32 @@ def test_statistic_min_takes_the_fastest_visit(tmp_path):
     ops = load_profile(out).ops
     assert len(ops) > 0 and all(
         r.latency_p50_ms == pytest.approx(fastest[(r.op_key, r.batch, r.seq_len)]) for r in ops.itertuples())
+
+
+def test_whole_models_get_a_new_session_every_visit_ops_keep_theirs():
+    """protocol.e2e_session "per_visit": each whole-model visit runs in a session that has run no other Context
+    (as a user's session at one shape); op graphs keep theirs; "shared" keeps every session; profiles written
+    before the field were measured "shared"; anything else is refused in one line."""
+    from latency.backends.base import get_backend
+    from latency.measure import cuda_protocol
+    from latency.profiler import Graphs
+
+    assert Protocol().e2e_session == "per_visit" and cuda_protocol(Protocol()).e2e_session == "shared"
+    old = {k: v for k, v in Protocol().to_dict().items() if k != "e2e_session"}
+    assert Protocol.from_dict(old).e2e_session == "shared"
+    jobs = plan_jobs(tiny_config(batch=(1, 2), seq_len=(16,), e2e=2, search_like=False))
+    e2e = [j for j in jobs if j.kind == "e2e" and j.graph == next(j.graph for j in jobs if j.kind == "e2e")]
+    op = [j for j in jobs if j.kind == "op" and j.graph == next(j.graph for j in jobs if j.kind == "op")]
+    assert len(e2e) == 2 and len(op) == 2  # one graph at two Contexts each
+    with get_backend("onnxruntime") as be:
+        for mode, renewed in (("per_visit", True), ("shared", False)):
+            graphs = Graphs(be, 0, mode)
+            sessions = []
+            for job in (*e2e, e2e[0]):
+                sessions.append(graphs.bound(job).session)
+            assert (len({id(s) for s in sessions}) == 3) == renewed and (len({id(s) for s in sessions}) == 1) != renewed
+            ops = [graphs.bound(job).session for job in (*op, op[0])]
+            assert len({id(s) for s in ops}) == 1
+            assert graphs.backend.time(graphs.bound(e2e[1]), 2)[0] > 0
+        with pytest.raises(HwnasError, match="e2e_session 'sometimes' is none of per_visit, shared"):
+            Graphs(be, 0, "sometimes")
