@@ -257,7 +257,9 @@ def new_meta(cfg: ProfileConfig, backend: Backend) -> dict:
 class Graphs:
     """Prepared graphs by key; beyond :data:`LIVE_BYTES` of live weights, the least recently used is released (its
     exported file stays, so bringing it back costs a session, not an export). A small default grid keeps every
-    graph alive, so each is prepared once."""
+    graph alive, so each is prepared once. With ``e2e_session="per_visit"`` a whole model's session is released
+    before each of its visits and re-created by the bind (tens of milliseconds with onnxruntime): every visit then
+    runs in a session that has run only its own Context."""
 
     def __init__(self, backend: Backend, seed: int, e2e_session: str = "per_visit") -> None:
         if e2e_session not in E2E_SESSIONS:

@@ -51,8 +51,8 @@ class Protocol:
     retest: str = "interleaved"  # the second measurement's visits share the main rounds (slow drift hits both)
     e2e_session: str = "per_visit"  # a whole model's every visit gets a new session that runs only its Context, as
     # a user's session at one shape does ("shared": one session per graph across every Context, the rule before
-    # 2026-12-04: onnxruntime's memory arena then keeps what the largest Context needed, and AdaBERT at b1 s128 read
-    # 2.3-3.0 % slower than in a session of its own). torch modules hold no such state: the same either way
+    # 2026-12-04: with onnxruntime AdaBERT at b1 s128 then read 2.3-3.0 % slower than in a session of its own, and
+    # shrinking the session's arena did not help). torch modules hold no such state: the same either way
 
     def for_kind(self, kind: str) -> Protocol:
         """The rules one visit of an ``op`` or ``e2e`` entry follows (whole models: their own warm-up, runs, cap)."""
