@@ -160,7 +160,7 @@ def search_found(prof: ProfileData) -> dict | None:
     rows = []
     for f in sorted((ROOT / "benchmarks" / "results").glob("budget_fidelity*.json")):
         r = json.loads(f.read_text())
-        if r.get("profile") == prof.name:
+        if r.get("profile") == prof.name and not r.get("superseded_by"):  # not a run on an earlier measurement
             rows += r["rows"]
     if not rows:
         return None
