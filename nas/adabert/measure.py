@@ -116,6 +116,7 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
     ``predicted_ms``: measured over predicted, and a warning in the note when it is far off)."""
     from transformers import AutoModelForSequenceClassification
 
+    from latency.measure import speed_ratio
     from nas.arch import Architecture
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir, attn_implementation="eager")
@@ -127,8 +128,6 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
     ms = {k: v["latency_p50_ms"] for k, v in stats.items()}
     budget = _budget(out)
     here = not diffs
-    from latency.measure import speed_ratio
-
     ratio = speed_ratio([(predicted_ms, ms["student"])])
     return {
         "measured_latency_ms": ms["student"], "teacher_latency_ms": ms["teacher"], "bert_base_latency_ms": ms["bert_base"],
