@@ -111,6 +111,8 @@ def main() -> int:
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
+    if not args.source or not args.target:
+        ap.error("--source and --target are required unless --markdown")
     source = read_profile(args.source)
     rows = []
     for t in args.target:

@@ -153,11 +153,10 @@ def speed_ratio(pairs: list[tuple[float | None, float | None]]) -> float | None:
     >>> speed_ratio([(2.0, 1.0), (4.0, 2.2), (1.0, None)])
     0.525
     """
-    r = sorted(m / p for p, m in pairs if p and m and p > 0 and m > 0)
-    if not r:
-        return None
-    n = len(r)
-    return r[n // 2] if n % 2 else (r[n // 2 - 1] + r[n // 2]) / 2
+    import statistics
+
+    r = [m / p for p, m in pairs if p and m and p > 0 and m > 0]
+    return statistics.median(r) if r else None
 
 
 def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANCE) -> str | None:

@@ -52,10 +52,10 @@ def same_device(prof, backend) -> list[str]:
 def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed",
                  ratio: float | None = None) -> str:
     """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s;
-    ``ratio``: :func:`latency.measure.speed_ratio` of the measured models). A profile that recorded no ``cpu_id``
-    (made before hwnas recorded it) may come from another CPU under the same name (a VM's "AMD EPYC"): the note
-    says that this is not confirmed, and :func:`latency.measure.speed_warning` says when the measured models do
-    not run as the profile predicts."""
+    ``ratio``: :func:`latency.measure.speed_ratio` of the measured models, read only when ``diffs`` is empty). A
+    profile that recorded no ``cpu_id`` (made before hwnas recorded it) may come from another CPU under the same
+    name (a VM's "AMD EPYC"): the note says that this is not confirmed, and :func:`latency.measure.speed_warning`
+    says when the measured models do not run as the profile predicts."""
     from latency.device import cpu_id
     from latency.measure import speed_warning
 
@@ -137,7 +137,7 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
         "budget_ratio": (ms["student"] / budget) if budget else None,
         "measured_on_profile_device": here,
         "measured_vs_predicted": ratio,
-        "measure_note": measure_note(prof, diffs, ratio=ratio if here else None),
+        "measure_note": measure_note(prof, diffs, ratio=ratio),
         "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
                             f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
                             "median of visit medians",

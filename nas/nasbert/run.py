@@ -400,7 +400,7 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
     meta = prof.meta.get("backend", {})
     ratio = speed_ratio([(r.get("predicted_latency_ms"), r.get("measured_latency_ms")) for r in rows])
     return {"measured_on_profile_device": here, "measured_vs_predicted": ratio,
-            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio if here else None),
+            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio),
             "measure_protocol": f"{meta.get('name')} {meta.get('version')}, {meta.get('threads')} thread(s), "
                                 "shuffled rounds, median of visit medians"}
 
