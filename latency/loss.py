@@ -60,6 +60,8 @@ class CostModel:
     terms: list[Term] = field(default_factory=list)  # (decisions, cost tensor of shape [n_choices(d) ...])
     unit: str = "ms"  # what the numbers are ("ms", or "params" for a capacity proxy)
     shared: list[SharedTerm] = field(default_factory=list)  # ops a backend computes once per tensor (see module doc)
+    runs_as: Callable[[dict[str, int]], dict[str, int]] | None = field(default=None, repr=False, compare=False)
+    # ^ the space's runs_as: what a discrete architecture runs (value() prices that; the expectation does not)
 
     def decisions(self) -> list[str]:
         """Every decision some term depends on, in first-seen order."""
@@ -72,10 +74,13 @@ class CostModel:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CostModel:
         return CostModel(self.overhead_ms, [(n, c.to(device=device, dtype=dtype)) for n, c in self.terms], self.unit,
-                         [(h, r, c.to(device=device, dtype=dtype)) for h, r, c in self.shared])
+                         [(h, r, c.to(device=device, dtype=dtype)) for h, r, c in self.shared], self.runs_as)
 
     def value(self, indices: dict[str, int]) -> float:
-        """The cost of one architecture given its choice indices (the one-hot case, without tensors of weights)."""
+        """The cost of one architecture given its choice indices (the one-hot case, without tensors of weights),
+        as its model runs (``runs_as``: AdaBERT's dead cells cost nothing)."""
+        if self.runs_as is not None:
+            indices = self.runs_as(indices)
         total = self.overhead_ms
         for names, cost in self.terms:
             total += float(cost[tuple(indices[d] for d in names)])
@@ -226,7 +231,7 @@ def build_cost_model(space: SearchSpace, per_op: Callable[[OpSpec], float], num_
         for idx, bag in f.cells.items():
             cost[idx] = cell_cost(bag)
         terms.append((tuple(f.decisions), cost))
-    return CostModel(float(overhead), terms, unit, shared)
+    return CostModel(float(overhead), terms, unit, shared, space.runs_as)
 
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"

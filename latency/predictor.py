@@ -135,7 +135,7 @@ class Predictor(abc.ABC):
     def arch_bag(self, arch) -> tuple[SearchSpace, dict[OpSpec, int]]:
         """The covered space and the ops ``arch`` runs on this backend, with multiplicity."""
         sp = self.space(arch.space, arch.preset, arch.version)
-        return sp, factors_bag(self._cost_factors(sp), sp.indices(arch))
+        return sp, factors_bag(self._cost_factors(sp), sp.runs_as(sp.indices(arch)))
 
     def predict(self, arch, ctx: Context) -> float:
         """Milliseconds of ``arch`` run whole at ``ctx`` on the profiled device and backend."""

@@ -106,9 +106,51 @@ class AdaBertSpace(SearchSpace):
         factors.append(CostFactor("head", (), {(): ((OpSpec.make("head", p.hidden, labels=num_labels), 1),)}))
         return factors
 
+    def runs_as(self, idx: dict[str, int]) -> dict[str, int]:
+        """An architecture that runs the same ops at inference: the live cells only (see :func:`live_cells`).
+
+        With ``L`` live cells of ``K``, the cells that run are ``L`` identical cells in a chain, which is what the
+        architecture with ``cells = L`` runs when it reads its previous cell. A chain through the in0 edges (no
+        in1 edge) is priced with the in0 and in1 edge ops swapped, so that the pooling shared per input tensor
+        (``cse``) counts one tensor per cell as it runs. Indices without the cell and input-edge decisions (a
+        partial cost-model query) are returned as they are.
+        """
+        names = ["cells"] + [n for n, _, src in edge_names() if src in ("in0", "in1")]
+        if any(n not in idx for n in names):
+            return idx
+        zero = self.preset.ops.index("zero") if "zero" in self.preset.ops else -1
+        uses = {src: any(idx[n] != zero for n, _, s in edge_names() if s == src) for src in ("in0", "in1")}
+        ks = self.decision("cells").choices
+        live = sum(live_cells(ks[idx["cells"]], uses["in0"], uses["in1"]))
+        if live == ks[idx["cells"]]:
+            return idx
+        out = {**idx, "cells": ks.index(live)}
+        if uses["in0"] and not uses["in1"]:
+            for j in range(NODES):
+                out[f"n{j}.in0"], out[f"n{j}.in1"] = idx[f"n{j}.in1"], idx[f"n{j}.in0"]
+        return out
+
     def build(self, arch: Architecture, num_labels: int = 2, pair: bool = False) -> nn.Module:
         self.indices(arch)  # validates the choices
         return AdaBertModel(self, arch, num_labels, pair)
+
+
+def live_cells(cells: int, uses_in0: bool, uses_in1: bool) -> list[bool]:
+    """Which of ``cells`` cells the model's output depends on, given whether the cells read their in0 input (the
+    cell two back) and their in1 input (the previous cell) through any non-zero edge.
+
+    The last cell is live; cell k is live when the next cell is live and reads in1, or the one after it is live and
+    reads in0. A model without in1 edges runs every other cell; one without input edges at all runs only the last
+    (its nodes see zeros). The model skips the dead cells at inference and the predictor prices the live ones.
+
+    >>> live_cells(4, True, False), live_cells(3, False, True), live_cells(3, False, False)
+    ([False, True, False, True], [True, True, True], [False, False, True])
+    """
+    live = [False] * cells
+    live[-1] = True
+    for k in range(cells - 2, -1, -1):
+        live[k] = (uses_in1 and live[k + 1]) or (uses_in0 and k + 2 < cells and live[k + 2])
+    return live
 
 
 class Cell(nn.Module):
@@ -117,6 +159,7 @@ class Cell(nn.Module):
     def __init__(self, space: AdaBertSpace, arch: Architecture) -> None:
         super().__init__()
         self.edges = nn.ModuleDict()
+        self.reads = {"in0": False, "in1": False}  # whether any non-zero edge reads each input
         self.wiring: list[list[tuple[str, str]]] = [[] for _ in range(NODES)]  # node -> [(edge key, source)]
         for name, j, src in edge_names():
             t = arch.choices[name]
@@ -124,6 +167,8 @@ class Cell(nn.Module):
                 key = name.replace(".", "_")
                 self.edges[key] = build_op(space.op(t))
                 self.wiring[j].append((key, src))
+                if src in self.reads:
+                    self.reads[src] = True
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = {"in0": s0, "in1": s1}
@@ -149,7 +194,11 @@ def cell_inputs(embedding: nn.Module, input_ids: torch.Tensor, mask: torch.Tenso
 
 
 class AdaBertModel(nn.Module):
-    """Embedding -> K cells -> masked-mean head. ``forward(input_ids, attention_mask, token_type_ids=None)``."""
+    """Embedding -> K cells -> masked-mean head. ``forward(input_ids, attention_mask, token_type_ids=None)``.
+
+    ``forward`` runs only the cells its output depends on (:func:`live_cells`); ``features`` runs them all (the
+    probes of knowledge distillation read every cell).
+    """
 
     def __init__(self, space: AdaBertSpace, arch: Architecture, num_labels: int, pair: bool) -> None:
         super().__init__()
@@ -157,6 +206,8 @@ class AdaBertModel(nn.Module):
         self.embedding = build_op(space.embed_spec())
         self.cells = nn.ModuleList(Cell(space, arch) for _ in range(arch.choices["cells"]))
         self.head = build_op(OpSpec.make("head", space.preset.hidden, labels=num_labels))
+        reads = self.cells[0].reads
+        self.live = live_cells(len(self.cells), reads["in0"], reads["in1"])
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
         """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
@@ -169,8 +220,13 @@ class AdaBertModel(nn.Module):
         return outs
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        return self.head(self.features(input_ids, attention_mask, token_type_ids)[-1], attention_mask.float())
+        mask = attention_mask.to(torch.float32)  # (B, T)
+        s0, s1 = cell_inputs(self.embedding, input_ids, mask, token_type_ids, self.pair)
+        unread = s0  # stands in for a dead cell's output: no edge reads it, a cell takes only its shape
+        for cell, live in zip(self.cells, self.live):
+            s0, s1 = s1, cell(s0, s1, mask) if live else unread
+        return self.head(s1, mask)
 
 
 __all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "NODES", "edge_names", "cell_inputs",
-           "get_space"]
+           "live_cells", "get_space"]

@@ -172,10 +172,15 @@ class SearchSpace(abc.ABC):
         """The model's latency as a sum of factors over at most two decisions each, plus, with ``cse`` (a backend
         that computes an op once per tensor however often the graph repeats it), :class:`SharedFactor` s."""
 
+    def runs_as(self, idx: dict[str, int]) -> dict[str, int]:
+        """Choice indices of an architecture whose model runs the same ops as ``idx``'s at inference: ``idx``
+        itself, unless part of a model can go unused (AdaBERT's dead cells). Discrete prices go through it."""
+        return idx
+
     def arch_ops(self, arch: Architecture, num_labels: int = 2, cse: bool = False) -> Counter[OpSpec]:
         """The ops one architecture runs, with multiplicity (from the same factors the loss uses); with ``cse``,
         an op repeated on one tensor counts once (what a backend that eliminates common subexpressions runs)."""
-        return factors_bag(self.cost_factors(num_labels, cse), self.indices(arch))
+        return factors_bag(self.cost_factors(num_labels, cse), self.runs_as(self.indices(arch)))
 
     def unique_ops(self, num_labels: int = 2) -> list[OpSpec]:
         """Every OpSpec any architecture of this space can run (what the profiler measures)."""

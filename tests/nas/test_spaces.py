@@ -215,3 +215,65 @@ def test_cse_op_bag_matches_the_exported_onnx_graph(tmp_path):
         bag, plain = space.arch_ops(arch, cse=True), space.arch_ops(arch)
         assert (nodes["MaxPool"], nodes["AveragePool"]) == tuple(bag[space.op(t)] for t in pools)
         assert sum(bag.values()) <= sum(plain.values())
+
+
+def _dead_cell_archs(space):
+    """AdaBERT architectures with cells their output does not depend on: no in1 edge (every other cell runs), no
+    input edge at all (only the last cell runs, on zeros), and an ordinary one for contrast."""
+    from nas.arch import Architecture
+    from nas.spaces.adabert import edge_names
+
+    out = []
+    for seed, drop in [(0, ("in1",)), (1, ("in1",)), (2, ("in0", "in1")), (3, ())]:
+        choices = dict(space.sample(seed).choices, cells=space.decision("cells").choices[-1])
+        choices.update({n: "zero" for n, _, src in edge_names() if src in drop})
+        choices.update({n: "conv:dilation=1,k=3" for n, _, src in edge_names()
+                        if src not in drop and src in ("in0", "in1") and choices[n] == "zero"})
+        out.append(Architecture(space.name, space.version, space.preset.name, choices))
+    return out
+
+
+def _graph_nodes(arch, path) -> dict:
+    """Node types of the exported graph, without the shape reads of the zero accumulators (which follow whichever
+    tensor a cell's in0 is, so they differ between two architectures that run the same ops)."""
+    import collections
+
+    import onnx
+
+    from nas.export import export_arch
+
+    nodes = onnx.load(str(export_arch(arch, path))).graph.node
+    return collections.Counter(x.op_type for x in nodes if x.op_type not in ("Shape", "ConstantOfShape"))
+
+
+def test_dead_cells_are_skipped_at_inference_and_priced_as_they_run(tmp_path):
+    """A model skips the cells its output does not depend on, with the same logits as running them all; the
+    exported graph holds the nodes of the architecture ``runs_as`` prices it as, and the cost model and
+    ``arch_ops`` price that one."""
+    from latency.archsets import capacity_model
+    from nas.spaces.adabert import live_cells
+
+    space = get_space("adabert", "small")
+    cap = capacity_model(space)
+    ids = torch.randint(0, 100, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 12:] = 0
+    for i, arch in enumerate(_dead_cell_archs(space)):
+        model = space.build(arch).eval()
+        ran: list[int] = []
+        for cell in model.cells:
+            cell.register_forward_hook(lambda m, a, o, ran=ran: ran.append(1))
+        with torch.no_grad():
+            logits = model(ids, mask)
+            ran_forward = len(ran)
+            full = model.head(model.features(ids, mask)[-1], mask.float())
+        assert torch.allclose(logits, full, atol=1e-6)
+        runs = space.from_indices(space.runs_as(space.indices(arch)))
+        assert ran_forward == sum(model.live) == runs.choices["cells"]
+        assert (runs == arch) == all(model.live)
+        assert _graph_nodes(arch, tmp_path / f"a{i}.onnx") == _graph_nodes(runs, tmp_path / f"r{i}.onnx")
+        for cse in (False, True):
+            assert space.arch_ops(arch, cse=cse) == space.arch_ops(runs, cse=cse)
+        assert cap.value(space.indices(arch)) == cap.value(space.indices(runs))
+    assert live_cells(8, True, False) == [k % 2 == 1 for k in range(8)]
+    assert live_cells(7, True, False) == [k % 2 == 0 for k in range(7)]
