@@ -1,0 +1,122 @@
+"""Do ops run slower inside a model whose weights outgrow the cache? -> benchmarks/results/cold_weights.json
+
+The profile times each op in its own graph, run after run, so its weights stay in cache; a whole model reads every
+layer's weights once per run. This times, with onnxruntime at one thread, a stack of ``--layers`` NAS-BERT FFN
+layers of width 256 two ways: the same layer called ``--layers`` times (one set of weights, as the op table sees it)
+and ``--layers`` distinct layers (a model's weights), in shuffled rounds, for several inner widths and Contexts.
+``distinct / shared`` above 1 is what a sum of op timings misses.
+
+    python benchmarks/cold_weights.py                 # on an otherwise quiet machine
+
+Found on the Zen 5 host (2026-12-05): about 1 % at 8 x inner 512 (8.4 MB of weights), 6-10 % at 8 x inner 1024
+(16.8 MB; the CPU reports a 32 MB L3 and a 1 MB L2), the gap the default predictor leaves on wide NAS-BERT FFN
+models at batch 1. Not a sum over ops: it depends on the whole model's weights.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latency.backends.base import get_backend  # noqa: E402
+from latency.device import fingerprint  # noqa: E402
+from nas.io import atomic_write_text  # noqa: E402
+from nas.spaces.ops import Context, OpSpec, build_op, get_op, op_params  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "cold_weights.json"
+
+
+class Stack(nn.Module):
+    """``n`` calls of FFN layers: one layer ``n`` times (``shared``) or ``n`` layers of their own."""
+
+    def __init__(self, spec: OpSpec, n: int, shared: bool) -> None:
+        super().__init__()
+        one = build_op(spec)
+        self.layers = nn.ModuleList([one] * n if shared else [one] + [build_op(spec) for _ in range(n - 1)])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+def cache_sizes() -> dict[str, str]:
+    """The caches cpu0 reports (sysfs), e.g. {"L1 Data": "48K", "L2 Unified": "1024K", "L3 Unified": "32768K"}."""
+    out = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            out[f"L{(d / 'level').read_text().strip()} {(d / 'type').read_text().strip()}"] = (
+                (d / "size").read_text().strip())
+        except OSError:
+            continue
+    return out
+
+
+def run(args) -> dict:
+    torch.manual_seed(0)
+    backend = get_backend("onnxruntime", threads=1)
+    contexts = [Context(*map(int, c.split("x"))) for c in args.contexts.split(",")]
+    rows = []
+    for inner in map(int, args.inner.split(",")):
+        spec = OpSpec.parse(f"ffn:inner={inner}", hidden=args.hidden)
+        for ctx in contexts:
+            inputs = get_op("ffn").example_inputs(spec, ctx, torch.Generator().manual_seed(0))
+            runnables = {}
+            for name, shared in (("shared", True), ("distinct", False)):
+                r = backend.prepare(Stack(spec, args.layers, shared).eval(), inputs)
+                backend.bind(r, inputs)
+                backend.time(r, args.runs)  # warm-up
+                runnables[name] = r
+            ms: dict[str, list[float]] = {k: [] for k in runnables}
+            order = list(runnables)
+            for i in range(args.rounds):
+                random.Random(i).shuffle(order)
+                for name in order:
+                    ms[name].append(1e3 * statistics.median(backend.time(runnables[name], args.runs)))
+            for r in runnables.values():
+                r.release()
+            med = {k: statistics.median(v) for k, v in ms.items()}
+            row = {"inner": inner, "hidden": args.hidden, "layers": args.layers, "batch": ctx.batch,
+                   "seq_len": ctx.seq_len, "weights_mb": round(4e-6 * op_params(spec) * args.layers, 2),
+                   "shared_ms": round(med["shared"], 4), "distinct_ms": round(med["distinct"], 4),
+                   "distinct_over_shared": round(med["distinct"] / med["shared"], 4),
+                   "round_spread_pct": {k: round(100 * (max(v) - min(v)) / statistics.median(v), 2)
+                                        for k, v in ms.items()}}
+            rows.append(row)
+            print(f"inner {inner:5d} ({row['weights_mb']:5.1f} MB) b{ctx.batch} s{ctx.seq_len}: shared "
+                  f"{row['shared_ms']:.4f} ms, distinct {row['distinct_ms']:.4f} ms, x{row['distinct_over_shared']:.3f}",
+                  flush=True)
+    info = backend.info()
+    backend.close()
+    return {"figure": "FFN stack with distinct weights over the same stack with one shared layer (onnxruntime, 1 thread)",
+            "command": "python benchmarks/cold_weights.py " + " ".join(sys.argv[1:]),
+            "date": dt.date.today().isoformat(), "device": fingerprint(1), "caches": cache_sizes(),
+            "backend": info, "rounds": args.rounds, "runs_per_round": args.runs, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--inner", default="512,768,1024", help="FFN inner widths")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--contexts", default="1x32,1x128,8x32,8x128", help="BATCHxSEQ_LEN, comma-separated")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=30, help="timed runs per round (median)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    atomic_write_text(Path(args.out), json.dumps(run(args), indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
