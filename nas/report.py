@@ -16,9 +16,17 @@ from nas.arch import Architecture
 from nas.errors import HwnasError
 from nas.spaces.ops import Context
 
+
+def _live_cells(arch: Architecture) -> int:
+    """The AdaBERT cells the output depends on (the model skips the others at inference)."""
+    from nas.spaces.adabert import arch_live_cells
+
+    return sum(arch_live_cells(arch))
+
+
 # Per space: the depth figures worth showing (cells for AdaBERT; layers and widths for NAS-BERT).
 DEPTH: dict[str, Callable[[Architecture], dict[str, Any]]] = {
-    "adabert": lambda a: {"cells": a.choices["cells"]},
+    "adabert": lambda a: {"cells": a.choices["cells"], "live_cells": _live_cells(a)},
     "nasbert": lambda a: {
         "layers": sum(1 for k in a.choices if k.startswith("layer")),
         "active_layers": sum(1 for k, v in a.choices.items() if k.startswith("layer") and v != "identity"),
@@ -38,7 +46,8 @@ def arch_info(arch: Architecture | str | os.PathLike, batch: int = 1, seq_len: i
     Returns:
         ``space``, ``preset``, ``version``, ``params`` (of the built model), ``analytic_params`` (sum over the ops
         as run), ``flops`` and ``gflops`` at ``(batch, seq_len)``, ``op_counts`` (ops that run, by kind, with
-        multiplicity), the space's depth figures (``cells`` or ``layers``...) and ``choices``.
+        multiplicity), the space's depth figures (``cells`` and ``live_cells``, the cells the output depends on, or
+        ``layers``...) and ``choices``.
     """
     source = str(arch) if not isinstance(arch, Architecture) else None
     if source is not None:

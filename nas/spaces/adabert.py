@@ -118,10 +118,10 @@ class AdaBertSpace(SearchSpace):
         names = ["cells"] + [n for n, _, src in edge_names() if src in ("in0", "in1")]
         if any(n not in idx for n in names):
             return idx
-        zero = self.preset.ops.index("zero") if "zero" in self.preset.ops else -1
-        uses = {src: any(idx[n] != zero for n, _, s in edge_names() if s == src) for src in ("in0", "in1")}
+        choices = {d.name: d.choices[idx[d.name]] for d in self.decisions() if d.name in names}
+        uses = input_edges_used(choices)
         ks = self.decision("cells").choices
-        live = sum(live_cells(ks[idx["cells"]], uses["in0"], uses["in1"]))
+        live = sum(live_cells(choices["cells"], uses["in0"], uses["in1"]))
         if live == ks[idx["cells"]]:
             return idx
         out = {**idx, "cells": ks.index(live)}
@@ -133,6 +133,17 @@ class AdaBertSpace(SearchSpace):
     def build(self, arch: Architecture, num_labels: int = 2, pair: bool = False) -> nn.Module:
         self.indices(arch)  # validates the choices
         return AdaBertModel(self, arch, num_labels, pair)
+
+
+def input_edges_used(choices: dict) -> dict[str, bool]:
+    """Whether any non-zero edge reads each cell input (``{"in0": ..., "in1": ...}``) under ``choices``."""
+    return {src: any(choices[n] != "zero" for n, _, s in edge_names() if s == src) for src in ("in0", "in1")}
+
+
+def arch_live_cells(arch: Architecture) -> list[bool]:
+    """:func:`live_cells` of an AdaBERT architecture (which of its cells its output depends on)."""
+    uses = input_edges_used(arch.choices)
+    return live_cells(int(arch.choices["cells"]), uses["in0"], uses["in1"])
 
 
 def live_cells(cells: int, uses_in0: bool, uses_in1: bool) -> list[bool]:
@@ -159,7 +170,6 @@ class Cell(nn.Module):
     def __init__(self, space: AdaBertSpace, arch: Architecture) -> None:
         super().__init__()
         self.edges = nn.ModuleDict()
-        self.reads = {"in0": False, "in1": False}  # whether any non-zero edge reads each input
         self.wiring: list[list[tuple[str, str]]] = [[] for _ in range(NODES)]  # node -> [(edge key, source)]
         for name, j, src in edge_names():
             t = arch.choices[name]
@@ -167,8 +177,6 @@ class Cell(nn.Module):
                 key = name.replace(".", "_")
                 self.edges[key] = build_op(space.op(t))
                 self.wiring[j].append((key, src))
-                if src in self.reads:
-                    self.reads[src] = True
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = {"in0": s0, "in1": s1}
@@ -206,8 +214,7 @@ class AdaBertModel(nn.Module):
         self.embedding = build_op(space.embed_spec())
         self.cells = nn.ModuleList(Cell(space, arch) for _ in range(arch.choices["cells"]))
         self.head = build_op(OpSpec.make("head", space.preset.hidden, labels=num_labels))
-        reads = self.cells[0].reads
-        self.live = live_cells(len(self.cells), reads["in0"], reads["in1"])
+        self.live = arch_live_cells(arch)
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
         """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
@@ -229,4 +236,4 @@ class AdaBertModel(nn.Module):
 
 
 __all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "NODES", "edge_names", "cell_inputs",
-           "live_cells", "get_space"]
+           "live_cells", "arch_live_cells", "input_edges_used", "get_space"]

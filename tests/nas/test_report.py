@@ -23,7 +23,7 @@ def test_arch_info_figures(space_name, tmp_path):
     assert info["op_counts"]["embed"] == info["op_counts"]["head"] == 1
     assert info["choices"] == arch.choices
     if space_name == "adabert":
-        assert info["cells"] == arch.choices["cells"]
+        assert info["cells"] == info["live_cells"] == arch.choices["cells"]
         assert info["op_counts"]["combine"] == arch.choices["cells"]
     else:
         assert info["layers"] == space.preset.layers
@@ -31,6 +31,22 @@ def test_arch_info_figures(space_name, tmp_path):
         assert len(info["block_hiddens"]) == space.preset.blocks
     text = format_info(info)
     assert f"params: {info['params']}" in text and "choices:" in text
+
+
+def test_arch_info_counts_the_cells_that_run():
+    """Without in1 edges only every other AdaBERT cell reaches the output: ``live_cells`` says so, and the ops, FLOPs
+    and analytic parameters are those of the cells that run (the built model still holds every cell's weights)."""
+    from nas.arch import Architecture
+    from nas.spaces.adabert import edge_names
+
+    space = get_space("adabert", "tiny")
+    choices = {n: ("zero" if src == "in1" else "conv:dilation=1,k=3") for n, _, src in edge_names()}
+    dead = Architecture(space.name, space.version, space.preset.name, {**choices, "cells": 3})
+    live = Architecture(space.name, space.version, space.preset.name, {**choices, "cells": 2})
+    d, lv = arch_info(dead), arch_info(live)
+    assert (d["cells"], d["live_cells"], lv["live_cells"]) == (3, 2, 1)
+    assert d["op_counts"]["combine"] == 2 and d["flops"] > lv["flops"]
+    assert d["analytic_params"] < d["params"]
 
 
 def test_arch_info_accepts_an_architecture_and_scales_with_context():
