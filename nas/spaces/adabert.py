@@ -48,6 +48,10 @@ def edge_names() -> list[tuple[str, int, str]]:
     return out
 
 
+INPUT_EDGES = {src: tuple(n for n, _, s in edge_names() if s == src) for src in ("in0", "in1")}  # edges reading
+# each cell input
+
+
 @register_space
 class AdaBertSpace(SearchSpace):
     name = "adabert"
@@ -115,13 +119,12 @@ class AdaBertSpace(SearchSpace):
         (``cse``) counts one tensor per cell as it runs. Indices without the cell and input-edge decisions (a
         partial cost-model query) are returned as they are.
         """
-        names = ["cells"] + [n for n, _, src in edge_names() if src in ("in0", "in1")]
-        if any(n not in idx for n in names):
+        if any(n not in idx for n in ("cells", *INPUT_EDGES["in0"], *INPUT_EDGES["in1"])):
             return idx
-        choices = {d.name: d.choices[idx[d.name]] for d in self.decisions() if d.name in names}
-        uses = input_edges_used(choices)
+        ops = self.preset.ops
+        uses = {src: any(ops[idx[n]] != "zero" for n in names) for src, names in INPUT_EDGES.items()}
         ks = self.decision("cells").choices
-        live = sum(live_cells(choices["cells"], uses["in0"], uses["in1"]))
+        live = sum(live_cells(ks[idx["cells"]], uses["in0"], uses["in1"]))
         if live == ks[idx["cells"]]:
             return idx
         out = {**idx, "cells": ks.index(live)}
@@ -137,7 +140,7 @@ class AdaBertSpace(SearchSpace):
 
 def input_edges_used(choices: dict) -> dict[str, bool]:
     """Whether any non-zero edge reads each cell input (``{"in0": ..., "in1": ...}``) under ``choices``."""
-    return {src: any(choices[n] != "zero" for n, _, s in edge_names() if s == src) for src in ("in0", "in1")}
+    return {src: any(choices[n] != "zero" for n in names) for src, names in INPUT_EDGES.items()}
 
 
 def arch_live_cells(arch: Architecture) -> list[bool]:
@@ -216,24 +219,26 @@ class AdaBertModel(nn.Module):
         self.head = build_op(OpSpec.make("head", space.preset.hidden, labels=num_labels))
         self.live = arch_live_cells(arch)
 
-    def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
-        """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
+    def _outputs(self, input_ids, attention_mask, token_type_ids, live: list[bool]
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The embedding's output (sentence A view) and every cell's, running the cells ``live`` marks (a skipped
+        cell's slot holds that first output, which no live cell reads); and the float mask."""
         mask = attention_mask.to(torch.float32)  # (B, T)
         s0, s1 = cell_inputs(self.embedding, input_ids, mask, token_type_ids, self.pair)
         outs = [s0]
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, mask)
+        for cell, on in zip(self.cells, live):
+            s0, s1 = s1, cell(s0, s1, mask) if on else outs[0]  # a dead cell's output: only its shape is read
             outs.append(s1)
-        return outs
+        return outs, mask
+
+    def features(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
+        """Outputs of the embedding (sentence A view) and of every cell, each (B, T, H)."""
+        return self._outputs(input_ids, attention_mask, token_type_ids, [True] * len(self.cells))[0]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32)  # (B, T)
-        s0, s1 = cell_inputs(self.embedding, input_ids, mask, token_type_ids, self.pair)
-        unread = s0  # stands in for a dead cell's output: no edge reads it, a cell takes only its shape
-        for cell, live in zip(self.cells, self.live):
-            s0, s1 = s1, cell(s0, s1, mask) if live else unread
-        return self.head(s1, mask)
+        outs, mask = self._outputs(input_ids, attention_mask, token_type_ids, self.live)
+        return self.head(outs[-1], mask)
 
 
 __all__ = ["AdaBertSpace", "AdaBertPreset", "AdaBertModel", "ADABERT_OPS", "NODES", "edge_names", "cell_inputs",
-           "live_cells", "arch_live_cells", "input_edges_used", "get_space"]
+           "live_cells", "arch_live_cells", "input_edges_used", "INPUT_EDGES", "get_space"]
