@@ -3,23 +3,25 @@
 The profile times each op in its own graph, run after run, so its weights stay in cache; a whole model reads every
 layer's weights once per run. This times, with onnxruntime at one thread, a stack of ``--layers`` NAS-BERT FFN
 layers of width 256 two ways: the same layer called ``--layers`` times (one set of weights, as the op table sees it)
-and ``--layers`` distinct layers (a model's weights), in shuffled rounds, for several inner widths and Contexts.
+and ``--layers`` distinct layers (a model's weights), in the profiler's shuffled rounds
+(:func:`latency.measure.measure_in_rounds`), for several inner widths and Contexts.
 ``distinct / shared`` above 1 is what a sum of op timings misses.
 
     python benchmarks/cold_weights.py                 # on an otherwise quiet machine
 
-Found on the Zen 5 host (2026-12-05): about 1 % at 8 x inner 512 (8.4 MB of weights), 6-10 % at 8 x inner 1024
-(16.8 MB; the CPU reports a 32 MB L3 and a 1 MB L2), the gap the default predictor leaves on wide NAS-BERT FFN
-models at batch 1. Not a sum over ops: it depends on the whole model's weights.
+Found on the Zen 5 host (2026-12-05), over five runs (of this script and a scratch loop): 2-17 % at 8 x inner
+1024 (16.8 MB of weights) at b1-b8 with few tokens, none at b8 s128; at 8 x inner 512 (8.4 MB) 0-2 %, but up to
+9 % in a run that timed the larger stacks first (the CPU reports a 32 MB L3 and a 1 MB L2). It is the gap the
+default predictor leaves on wide NAS-BERT FFN models at batch 1. Not a sum over ops: it depends on the whole
+model's weights.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import random
-import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from latency.backends.base import get_backend  # noqa: E402
 from latency.device import fingerprint  # noqa: E402
+from latency.measure import measure_in_rounds  # noqa: E402
+from latency.stats import Protocol  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
 from nas.spaces.ops import Context, OpSpec, build_op, get_op, op_params  # noqa: E402
 
@@ -65,33 +69,26 @@ def cache_sizes() -> dict[str, str]:
 def run(args) -> dict:
     torch.manual_seed(0)
     backend = get_backend("onnxruntime", threads=1)
+    protocol = replace(Protocol(), e2e_visits=args.rounds, max_visits=args.rounds)  # the profiler's rules, more rounds
     contexts = [Context(*map(int, c.split("x"))) for c in args.contexts.split(",")]
     rows = []
     for inner in map(int, args.inner.split(",")):
         spec = OpSpec.parse(f"ffn:inner={inner}", hidden=args.hidden)
         for ctx in contexts:
             inputs = get_op("ffn").example_inputs(spec, ctx, torch.Generator().manual_seed(0))
-            runnables = {}
-            for name, shared in (("shared", True), ("distinct", False)):
-                r = backend.prepare(Stack(spec, args.layers, shared).eval(), inputs)
+            runnables = {name: backend.prepare(Stack(spec, args.layers, shared).eval(), inputs)
+                         for name, shared in (("shared", True), ("distinct", False))}
+            for r in runnables.values():
                 backend.bind(r, inputs)
-                backend.time(r, args.runs)  # warm-up
-                runnables[name] = r
-            ms: dict[str, list[float]] = {k: [] for k in runnables}
-            order = list(runnables)
-            for i in range(args.rounds):
-                random.Random(i).shuffle(order)
-                for name in order:
-                    ms[name].append(1e3 * statistics.median(backend.time(runnables[name], args.runs)))
+            got = measure_in_rounds(backend, runnables, protocol, "e2e")
             for r in runnables.values():
                 r.release()
-            med = {k: statistics.median(v) for k, v in ms.items()}
+            med = {k: v["latency_p50_ms"] for k, v in got.items()}
             row = {"inner": inner, "hidden": args.hidden, "layers": args.layers, "batch": ctx.batch,
                    "seq_len": ctx.seq_len, "weights_mb": round(4e-6 * op_params(spec) * args.layers, 2),
                    "shared_ms": round(med["shared"], 4), "distinct_ms": round(med["distinct"], 4),
                    "distinct_over_shared": round(med["distinct"] / med["shared"], 4),
-                   "round_spread_pct": {k: round(100 * (max(v) - min(v)) / statistics.median(v), 2)
-                                        for k, v in ms.items()}}
+                   "visit_spread": {k: v["visit_spread"] for k, v in got.items()}}
             rows.append(row)
             print(f"inner {inner:5d} ({row['weights_mb']:5.1f} MB) b{ctx.batch} s{ctx.seq_len}: shared "
                   f"{row['shared_ms']:.4f} ms, distinct {row['distinct_ms']:.4f} ms, x{row['distinct_over_shared']:.3f}",
@@ -101,7 +98,7 @@ def run(args) -> dict:
     return {"figure": "FFN stack with distinct weights over the same stack with one shared layer (onnxruntime, 1 thread)",
             "command": "python benchmarks/cold_weights.py " + " ".join(sys.argv[1:]),
             "date": dt.date.today().isoformat(), "device": fingerprint(1), "caches": cache_sizes(),
-            "backend": info, "rounds": args.rounds, "runs_per_round": args.runs, "rows": rows}
+            "backend": info, "protocol": protocol.to_dict(), "rows": rows}
 
 
 def main() -> None:
@@ -110,8 +107,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--contexts", default="1x32,1x128,8x32,8x128", help="BATCHxSEQ_LEN, comma-separated")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--runs", type=int, default=30, help="timed runs per round (median)")
+    ap.add_argument("--rounds", type=int, default=7, help="shuffled visits of each stack (latency.measure.measure_in_rounds)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     atomic_write_text(Path(args.out), json.dumps(run(args), indent=1) + "\n")
