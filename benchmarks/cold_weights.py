@@ -70,9 +70,9 @@ def run(args) -> dict:
     torch.manual_seed(0)
     backend = get_backend("onnxruntime", threads=1)
     protocol = replace(Protocol(), e2e_visits=args.rounds, max_visits=args.rounds)  # the profiler's rules, more rounds
-    contexts = [Context(*map(int, c.split("x"))) for c in args.contexts.split(",")]
+    contexts = args.contexts
     rows = []
-    for inner in map(int, args.inner.split(",")):
+    for inner in args.inner:
         spec = OpSpec.parse(f"ffn:inner={inner}", hidden=args.hidden)
         for ctx in contexts:
             inputs = get_op("ffn").example_inputs(spec, ctx, torch.Generator().manual_seed(0))
@@ -101,12 +101,28 @@ def run(args) -> dict:
             "backend": info, "protocol": protocol.to_dict(), "rows": rows}
 
 
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def contexts(text: str) -> list[Context]:
+    """``"1x32,8x128"`` -> Contexts (argparse type: a malformed list is one usage error)."""
+    try:
+        return [Context(*map(int, c.split("x"))) for c in text.split(",")]
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHxSEQ_LEN[,BATCHxSEQ_LEN...], e.g. 1x32,8x128") from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inner", default="512,768,1024", help="FFN inner widths")
+    ap.add_argument("--inner", default=[512, 768, 1024], type=int_list, help="FFN inner widths, comma-separated")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--contexts", default="1x32,1x128,8x32,8x128", help="BATCHxSEQ_LEN, comma-separated")
+    ap.add_argument("--contexts", default=contexts("1x32,1x128,8x32,8x128"), type=contexts,
+                    help="BATCHxSEQ_LEN, comma-separated")
     ap.add_argument("--rounds", type=int, default=7, help="shuffled visits of each stack (latency.measure.measure_in_rounds)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
