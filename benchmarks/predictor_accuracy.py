@@ -28,10 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency.calibration import cold_slope  # noqa: E402
 from latency.evaluate import evaluate, test_points  # noqa: E402
 from latency.predictor import DEFAULT_KIND, KINDS, fit  # noqa: E402
 from latency.profile_data import ProfileData, read_profile  # noqa: E402
 from latency.transfer import transfer  # noqa: E402
+from nas.io import atomic_write_text  # noqa: E402
+from nas.spaces.ops import Context  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "predictor_accuracy.json"
 
@@ -102,7 +105,8 @@ def accuracy(prof: ProfileData) -> dict:
         pred = fit(prof, kind)
         fit_s = time.perf_counter() - t0
         pts = test_points(pred, prof)
-        out["kinds"][kind] = {"fit_s": round(fit_s, 2), "spaces": summarise(evaluate(pred, prof, points=pts))}
+        out["kinds"][kind] = {"fit_s": round(fit_s, 2), "spaces": summarise(evaluate(pred, prof, points=pts)),
+                              "cold": cold_terms(pred)}
         print(f"  {kind:24s} " + "  ".join(
             f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} MAPE={m['mape_pct']:.1f} "
             f"rho_min={m['spearman_min_ctx']}" for s, m in out["kinds"][kind]["spaces"].items()), flush=True)
@@ -118,6 +122,16 @@ def accuracy(prof: ProfileData) -> dict:
         print(f"  interpolation seq_len={seq}: " + "  ".join(
             f"{k}: " + ",".join(f"{s} 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%}" for s, m in r.items())
             for k, r in res.items()), flush=True)
+    return out
+
+
+def cold_terms(pred) -> dict:
+    """Per space, the calibration's cold-weights term ``{knee_mb, slope}`` (None where cross-validation chose none)."""
+    layers = getattr(pred, "layers", [])
+    out = {}
+    for s in pred.spaces:
+        c = layers[0].coef.get(s["name"], {}).get("cold") if layers else None
+        out[s["name"]] = {**c, "basis": list(layers[0].spec.cold)} if c else None
     return out
 
 
@@ -239,6 +253,17 @@ def markdown(results: dict) -> str:
                              f"{_pct(m['within_10_pct'])} | {_f(m['mape_pct'], 1)} | {_f(m['rmse_ms'])} | "
                              f"{_f(m['spearman_min_ctx'])} / {_f(m['spearman_mean_ctx'])} | "
                              f"{_f(m['spearman_flops_mean_ctx'])} | {_f(m['spearman_params_mean_ctx'])} |")
+    colds = [(p, r["kinds"][results["default_kind"]].get("cold")) for p, r in results["profiles"].items()
+             if results["default_kind"] in r["kinds"]]
+    if any(c for _, c in colds):
+        lines += ["", f"Cold-weights term of {results['default_kind']} (knee: MB of weights read per run beyond "
+                  "which a model pays slope(ctx) ms per MB more; `-`: cross-validation chose none):", "",
+                  "| profile | space | knee MB | ms per MB at b1 s32 / b1 s128 / b8 s128 |", "|---|---|---|---|"]
+        for prof, c in colds:
+            for space, t in (c or {}).items():
+                lines.append(f"| {prof} | {space} | {_f(t['knee_mb'], 0) if t else '-'} | "
+                             + (" / ".join(_f(cold_slope(t["slope"], tuple(t["basis"]), Context(b, s)), 4)
+                                          for b, s in ((1, 32), (1, 128), (8, 128))) if t else "-") + " |")
     lines += ["", "Interpolation (the seq_len removed from the table and the calibration rows, test rows at it):", "",
               "| profile | held-out | predictor | space | n | +-5% | +-10% | MAPE % | rho min / mean |", "|" + "---|" * 9]
     for prof, r in results["profiles"].items():
@@ -315,8 +340,7 @@ def main() -> int:
         results["profiles"][prof.name]["by_set"] = by_set(prof)
     for src, dst in pairs(profs):
         results["few_shot"].append(few_shot(src, dst))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(results, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -4,7 +4,7 @@ A calibration layer turns per-op milliseconds (from the table or the regression)
 that add up to what whole models measure, per space:
 
     op_eff(op, ctx)  = max(0, alpha(ctx) * op_ms(op, ctx) + eta(ctx) * harness_ms(op, ctx) + beta_kind(op)(ctx))
-    overhead(ctx)    = alpha(ctx) * previous_overhead(ctx) + gamma(ctx)
+    overhead(ctx, W) = alpha(ctx) * previous_overhead(ctx, W) + gamma(ctx) + max(0, s(ctx)) * max(0, W - knee)
 
 where ``harness_ms(op)`` is the table's ``identity`` entry at the op's width: what timing an op on its own costs
 beyond the op (binding inputs, fetching the output), which a whole model does not pay per op. The coefficients
@@ -12,14 +12,24 @@ beyond the op (binding inputs, fetching the output), which a whole model does no
 common level plus one bilinear "hat" function per grid Context (in log batch, log seq_len), so each measured
 Context gets its own correction and Contexts between them interpolate; ``eta``, each ``beta_k`` and ``gamma`` are
 constants. (Per-kind terms growing with tokens fit random architectures as well but extrapolate badly to the
-homogeneous ones a budgeted search finds, e.g. eight separable convolutions.) Being linear in the op bag, it keeps a model's
-latency a sum over its ops: the loss's cost tensors and ``predict`` agree exactly. The coefficients are fitted by
+homogeneous ones a budgeted search finds, e.g. eight separable convolutions.) Being linear in the op bag (but for
+the cold-weights term below), it keeps a model's latency a sum over its ops: the loss's cost tensors and ``predict``
+agree exactly. The coefficients are fitted by
 ridge regression on relative errors, shrunk towards the identity (alpha = 1, beta = gamma = 0), with Huber
 reweighting so that a disturbed measurement does not pull the fit, and the ridge chosen by cross-validation over
 whole architectures, then raised until no calibration row, and not the fastest architecture of the space at any
 grid Context, is predicted at or below zero. The overhead may be negative (the table's entries each carry the
 timing harness's own cost, which a whole model pays once); an op whose effective cost comes out negative is
 clamped to zero so that the search never sees an op as a way to gain time.
+
+The last term is the one part that is not a sum over ops: ``W`` is the MB of weights the model reads per run
+(:func:`weights_mb`; a lookup table's word rows are not read whole). The table times each op alone, run after run,
+so its weights stay in cache; a model reads all its layers' weights once per run, and once they outgrow what the
+cache holds for it, its ops wait on memory (``benchmarks/cold_weights.py``: eight FFN layers with 16.8 MB of distinct
+weights ran up to 17 % slower than one layer called eight times). The knee is chosen per space by the same
+cross-validation, among those of :data:`KNEES_MB` with at least :data:`MIN_BEYOND_KNEE` calibration architectures
+beyond them, or none; its slope ``s(ctx)`` is linear in ``log_tokens``, sign and all left to the fit. The cost
+model carries it exactly (``latency.loss.ColdTerm``): a hinge in the expected weights.
 """
 from __future__ import annotations
 
@@ -32,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latency.profile_data import PredictorError
-from nas.spaces.ops import Context, OpSpec
+from nas.spaces.ops import Context, OpSpec, weights_read_mb
 
 BASES: dict[str, Callable[[Context], float]] = {
     "one": lambda c: 1.0,
@@ -89,10 +99,15 @@ class CalibrationSpec:
     kind_scale: bool = False  # one more multiplicative term per op kind (the kinds that get a beta), constant in ctx
     free: tuple[str, ...] = ("identity",)  # op kinds that are no node of an exported model: their effective cost is
     # zero (their table entry is the timing harness alone); () in layers fitted before this field existed
+    cold: tuple[str, ...] = ()  # basis of the cold-weights slope (ms per MB read beyond the knee); () = off
+    knees: tuple[float, ...] = ()  # candidate knees (MB of weights read per run); cross-validation picks one or none
 
 
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 10.0)  # candidates of the cross-validated ridge (below 1e-3 it overfits 8 architectures)
-FULL = CalibrationSpec(kind_scale=True)  # per-kind scales where cross-validation prefers them (per space)
+KNEES_MB = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0)  # candidate knees of the cold-weights term
+MIN_BEYOND_KNEE = 3  # architectures a knee needs beyond it to be a candidate (cross-validation holds out one at a time)
+FULL = CalibrationSpec(kind_scale=True, cold=("one", "log_tokens"), knees=KNEES_MB)  # per-kind scales and a cold-
+# weights term where cross-validation prefers them (per space)
 FEW_SHOT = CalibrationSpec(alpha=("one", "log_batch", "log_seq_len"), beta=("one",), gamma=("one",), per_kind=False,
                            harness=())
 ALL_KINDS = "*"  # the beta key shared by every op when not per kind
@@ -150,11 +165,21 @@ class Calibration:
         out = np.where([sp.kind in self.spec.free for sp in specs], 0.0, out)
         return np.maximum(out, 0.0)  # never negative, even far from the fitted Contexts
 
-    def apply_overhead(self, space: str, overhead_ms: float, ctx: Context) -> float:
+    def apply_overhead(self, space: str, overhead_ms: float, ctx: Context, weights_mb: float = 0.0) -> float:
+        """The per-model cost from the previous layer's (``weights_mb``: MB of weights the model reads per run)."""
         c = self._space(space)
         g = self.spec.grid
         alpha = float(np.dot(c["alpha"], _basis(self.spec.alpha, ctx, g)))
-        return alpha * overhead_ms + float(np.dot(c["gamma"], _basis(self.spec.gamma, ctx, g)))
+        out = alpha * overhead_ms + float(np.dot(c["gamma"], _basis(self.spec.gamma, ctx, g)))
+        cold = c.get("cold")
+        if cold:
+            out += cold_slope(cold["slope"], self.spec.cold, ctx, g) * max(0.0, weights_mb - cold["knee_mb"])
+        return out
+
+    def knee_mb(self, space: str) -> float | None:
+        """Where this layer's cold-weights term starts for ``space`` (None: it has none)."""
+        cold = self._space(space).get("cold")
+        return float(cold["knee_mb"]) if cold else None
 
     def to_dict(self) -> dict:
         s = self.spec
@@ -162,11 +187,13 @@ class Calibration:
                 " overhead = alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha),
                 "harness_basis": list(s.harness), "harness_kind": s.harness_kind, "beta_basis": list(s.beta),
                 "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "kind_scale": s.kind_scale, "ridge": s.ridge,
-                "grid": [list(x) for x in s.grid] if s.grid else None, "free_kinds": list(s.free), "coef": self.coef}
+                "grid": [list(x) for x in s.grid] if s.grid else None, "free_kinds": list(s.free),
+                "cold_basis": list(s.cold), "knees_mb": list(s.knees), "coef": self.coef}
 
     @staticmethod
     def from_dict(d: dict) -> Calibration:
-        names = (*d["alpha_basis"], *d["beta_basis"], *d["gamma_basis"], *d.get("harness_basis", ()))
+        names = (*d["alpha_basis"], *d["beta_basis"], *d["gamma_basis"], *d.get("harness_basis", ()),
+                 *d.get("cold_basis", ()))
         unknown = [b for b in names if b not in BASES and b != "hat"]
         if unknown:
             raise PredictorError(f"predictor.json: unknown calibration basis {unknown}; refit with `hwnas fit`")
@@ -174,12 +201,13 @@ class Calibration:
                                bool(d["per_kind"]), None if d["ridge"] is None else float(d["ridge"]),
                                tuple(tuple(int(v) for v in x) for x in d["grid"]) if d.get("grid") else None,
                                tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"),
-                               bool(d.get("kind_scale", False)), tuple(d.get("free_kinds", ())))
+                               bool(d.get("kind_scale", False)), tuple(d.get("free_kinds", ())),
+                               tuple(d.get("cold_basis", ())), tuple(float(v) for v in d.get("knees_mb", ())))
         return Calibration(d["role"], spec, d["coef"])
 
 
 PrevCost = Callable[[str, list[OpSpec], Context], np.ndarray]  # (space, specs, ctx) -> previous-layer op ms
-PrevOverhead = Callable[[str, Context], float]
+PrevOverhead = Callable[[str, Context, float], float]  # (space, ctx, MB of weights read) -> previous overhead ms
 Accept = Callable[[str, "Calibration"], bool]  # (space, trial layer) -> usable (e.g. no architecture below 0 ms)
 
 
@@ -203,10 +231,16 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
     coef = {}
     for space in sorted({r.space for r in rows}):
         mine = [r for r in rows if r.space == space]
-        # kind_scale: with and without the per-kind scales; the lower cross-validated error decides, per space
+        # kind_scale: with and without the per-kind scales; cold: without it or at each candidate knee; the lowest
+        # cross-validated error decides, per space (on a tie the simpler: without it, then the lower knee)
         specs = [dataclasses.replace(spec, kind_scale=False), spec] if spec.kind_scale else [spec]
-        fits = [_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role) for sp in specs]
-        best = min(fits, key=lambda f: f.cv_error())
+        heavy = [{r.group for r in mine if weights_mb(r.bag) > k} for k in spec.knees] if spec.cold else []
+        knees = [None, *(k for k, h in zip(spec.knees, heavy) if len(h) >= MIN_BEYOND_KNEE)]
+        fits: list[_SpaceFit] = []
+        for k in knees:
+            for sp in specs:  # the previous layer's op costs are computed once, for the first candidate
+                fits.append(_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role, k, fits[0] if fits else None))
+        best = min(fits, key=lambda f: f.cv_error())  # the first of equals
         coef[space] = {**best.fit(accept), "cv_error": round(best.cv_error(), 6)}
     return Calibration(role, spec, coef)
 
@@ -214,16 +248,21 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
 class _SpaceFit:
     """The design matrix of one space's rows and the ridge path over it."""
 
-    def __init__(self, space, rows, prev_ops, prev_overhead, spec, role) -> None:
+    def __init__(self, space, rows, prev_ops, prev_overhead, spec, role, knee: float | None = None,
+                 like: _SpaceFit | None = None) -> None:
         self.space, self.rows, self.spec, self.role, self.prev_overhead = space, rows, spec, role, prev_overhead
+        self.knee = knee
+        self.weights = like.weights if like else [weights_mb(r.bag) for r in rows]  # MB each row's model reads
         g = spec.grid
-        self.cache: dict[tuple[Context, OpSpec], float] = {}
-        for r in rows:
+        self.cache: dict[tuple[Context, OpSpec], float] = like.cache if like else {}
+        for r in rows if like is None else ():
             need = [s for s in r.bag if (r.ctx, s) not in self.cache]
             if need:
                 self.cache.update({(r.ctx, s): float(v) for s, v in zip(need, prev_ops(space, need, r.ctx))})
         self.harness: dict[tuple[Context, int], float] = {}
-        if spec.harness:
+        if like is not None and like.spec.harness == spec.harness:
+            self.harness = like.harness
+        elif spec.harness:
             try:
                 for r in rows:
                     hs = sorted({s.hidden for s in r.bag if (r.ctx, s.hidden) not in self.harness})
@@ -237,7 +276,8 @@ class _SpaceFit:
         na, nb = (len(_basis(names, rows[0].ctx, g)) for names in (spec.alpha, spec.beta))
         self.nh = len(_basis(spec.harness, rows[0].ctx, g)) if self.use_harness else 0
         self.na, self.nb = na, nb
-        x = np.stack([self._row(r) for r in rows])  # (rows, params)
+        self.nc = len(_basis(spec.cold, rows[0].ctx, g)) if knee is not None else 0
+        x = np.stack([self._row(r, w) for r, w in zip(rows, self.weights)])  # (rows, params)
         y = np.array([r.measured_ms for r in rows])  # (rows,)
         self.theta0 = np.zeros(x.shape[1])  # the identity: alpha(ctx) = 1, no additive terms
         pos = 0
@@ -277,9 +317,9 @@ class _SpaceFit:
                 kinds.append(k)
         return sorted(kinds)
 
-    def _row(self, r: Row) -> np.ndarray:
+    def _row(self, r: Row, w_mb: float) -> np.ndarray:
         spec, g = self.spec, self.spec.grid
-        total = self.prev_overhead(self.space, r.ctx) + sum(n * self.cache[(r.ctx, s)] for s, n in self._bag(r))
+        total = self.prev_overhead(self.space, r.ctx, w_mb) + sum(n * self.cache[(r.ctx, s)] for s, n in self._bag(r))
         parts = [total * _basis(spec.alpha, r.ctx, g)]
         if self.use_harness:
             h = sum(n * self.harness[(r.ctx, s.hidden)] for s, n in self._bag(r))
@@ -289,6 +329,8 @@ class _SpaceFit:
         if spec.kind_scale:
             parts.append(np.array([sum(n * self.cache[(r.ctx, s)] for s, n in self._bag(r) if s.kind == k)
                                    for k in self.scale_kinds]))
+        if self.knee is not None:
+            parts.append(max(0.0, w_mb - self.knee) * _basis(spec.cold, r.ctx, g))
         return np.concatenate(parts)
 
     def coef(self, theta: np.ndarray) -> dict:
@@ -299,20 +341,23 @@ class _SpaceFit:
         out = {"alpha": [float(v) for v in theta[:na]], "eta": [float(v) for v in theta[na:o]],
                "beta": {k: [float(v) for v in theta[o + j * nb: o + (j + 1) * nb]] for j, k in enumerate(self.kinds)},
                "gamma": [float(v) for v in theta[g0:g1]]}
+        g2 = g1 + len(self.scale_kinds)
         if self.spec.kind_scale:
-            out["scale"] = {k: float(v) for k, v in zip(self.scale_kinds, theta[g1:])}
+            out["scale"] = {k: float(v) for k, v in zip(self.scale_kinds, theta[g1:g2])}
+        if self.knee is not None:
+            out["cold"] = {"knee_mb": self.knee, "slope": [float(v) for v in theta[g2: g2 + self.nc]]}
         return out
 
     def feasible(self, trial: Calibration) -> bool:
         """alpha > 0 at every fitted Context and every calibration row predicted above 0 (after the clamps)."""
         c = trial.coef[self.space]
-        for r in self.rows:
+        for r, w in zip(self.rows, self.weights):
             if float(np.dot(c["alpha"], _basis(self.spec.alpha, r.ctx, self.spec.grid))) <= 0:
                 return False
             specs = list(r.bag)
             hm = np.array([self.harness.get((r.ctx, s.hidden), 0.0) for s in specs])
             ms = trial.apply_ops(self.space, specs, np.array([self.cache[(r.ctx, s)] for s in specs]), r.ctx, hm)
-            ovh = trial.apply_overhead(self.space, self.prev_overhead(self.space, r.ctx), r.ctx)
+            ovh = trial.apply_overhead(self.space, self.prev_overhead(self.space, r.ctx, w), r.ctx, w)
             if ovh + sum(r.bag[s] * m for s, m in zip(specs, ms)) <= 0:
                 return False
         return True
@@ -335,6 +380,16 @@ class _SpaceFit:
             if cand is None or (self.feasible(trial) and (accept is None or accept(self.space, trial))):
                 break
         return {**self.coef(theta), "rows": len(self.rows), "ridge": cand}
+
+
+def weights_mb(bag: Counter) -> float:
+    """MB of weights a model with this op bag reads per run (:func:`nas.spaces.ops.weights_read_mb`)."""
+    return float(sum(n * weights_read_mb(s) for s, n in bag.items()))
+
+
+def cold_slope(coef: list[float], basis: tuple[str, ...], ctx: Context, grid=None) -> float:
+    """ms per MB of weights beyond the knee at ``ctx`` (never negative, even far from the fitted Contexts)."""
+    return max(0.0, float(np.dot(coef, _basis(basis, ctx, grid))))
 
 
 HUBER = 0.05  # relative residual beyond which a row's weight falls off (a disturbed measurement)

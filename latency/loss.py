@@ -27,6 +27,7 @@ many edges apply it; such ops form *shared* terms ``(hub, readers, cost[n_hub, n
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -47,6 +48,60 @@ class LossError(HwnasError, ValueError):
     """A penalty name, budget or weight dictionary that the loss cannot use."""
 
 
+@dataclass
+class ColdTerm:
+    """A model-level cost that grows with the weights a run reads (``weights``, an MB cost model over the same
+    decisions): piecewise linear through ``(knots_mb[i], ms[i])``, flat at ``ms[0]`` before the first knot and
+    continuing the last segment's slope beyond the last. Nondecreasing by construction of the predictor (a hinge
+    at a knee: ops slow down once a model's weights outgrow the cache; see ``latency.calibration``).
+
+    >>> c = ColdTerm(CostModel(0.0, unit="MB"), (0.0, 10.0, 11.0), (0.0, 0.0, 0.5))
+    >>> c.at(8.0), c.at(14.0)
+    (0.0, 2.0)
+    """
+
+    weights: CostModel  # MB of weights read per run, as an additive cost model (its own runs_as)
+    knots_mb: tuple[float, ...]  # increasing
+    ms: tuple[float, ...]  # cost at each knot
+
+    def at(self, w_mb: float) -> float:
+        """The cost at ``w_mb`` MB of weights."""
+        k, m = self.knots_mb, self.ms
+        if w_mb <= k[0]:
+            return float(m[0])
+        for i in range(1, len(k)):
+            if w_mb <= k[i] or i == len(k) - 1:
+                return float(m[i - 1] + (m[i] - m[i - 1]) * (w_mb - k[i - 1]) / (k[i] - k[i - 1]))
+        return float(m[0])  # one knot: constant
+
+    def at_tensor(self, w_mb: torch.Tensor) -> torch.Tensor:
+        """:meth:`at`, differentiable, for a tensor of MB (any shape)."""
+        k, m = self.knots_mb, self.ms
+        out = torch.full_like(w_mb, float(m[0]))
+        for i in range(1, len(k)):
+            slope = (m[i] - m[i - 1]) / (k[i] - k[i - 1])
+            seg = (w_mb - k[i - 1]).clamp(min=0.0)
+            if i < len(k) - 1:
+                seg = seg.clamp(max=k[i] - k[i - 1])
+            out = out + slope * seg
+        return out
+
+    def at_array(self, w_mb):
+        """:meth:`at` for a numpy array of MB."""
+        import numpy as np
+
+        return np.interp(w_mb, self.knots_mb, self.ms) + np.where(
+            np.asarray(w_mb) > self.knots_mb[-1],
+            (np.asarray(w_mb) - self.knots_mb[-1]) * self._last_slope(), 0.0)
+
+    def _last_slope(self) -> float:
+        k, m = self.knots_mb, self.ms
+        return (m[-1] - m[-2]) / (k[-1] - k[-2]) if len(k) > 1 else 0.0
+
+    def to(self, device=None, dtype=None) -> ColdTerm:
+        return ColdTerm(self.weights.to(device, dtype), self.knots_mb, self.ms)
+
+
 Term = tuple[tuple[str, ...], torch.Tensor]  # (decision names, cost tensor [n_choices(d) for d in decisions])
 SharedTerm = tuple[str, tuple[str, ...], torch.Tensor]  # (hub, readers, cost [n_hub, n_choices]) paid once per choice
 MAX_ENUMERATION = 2_000_000  # extremes(): most combinations of coupled decisions enumerated per hub choice
@@ -62,6 +117,7 @@ class CostModel:
     shared: list[SharedTerm] = field(default_factory=list)  # ops a backend computes once per tensor (see module doc)
     runs_as: Callable[[dict[str, int]], dict[str, int]] | None = field(default=None, repr=False, compare=False)
     # ^ the space's runs_as: what a discrete architecture runs (value() prices that; the expectation does not)
+    cold: ColdTerm | None = None  # a cost of the model's weights as a whole (see ColdTerm); None: a plain sum
 
     def decisions(self) -> list[str]:
         """Every decision some term depends on, in first-seen order."""
@@ -70,18 +126,22 @@ class CostModel:
             seen.update(dict.fromkeys(names))
         for hub, readers, _ in self.shared:
             seen.update(dict.fromkeys((hub, *readers)))
+        if self.cold is not None:
+            seen.update(dict.fromkeys(self.cold.weights.decisions()))
         return list(seen)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CostModel:
         return CostModel(self.overhead_ms, [(n, c.to(device=device, dtype=dtype)) for n, c in self.terms], self.unit,
-                         [(h, r, c.to(device=device, dtype=dtype)) for h, r, c in self.shared], self.runs_as)
+                         [(h, r, c.to(device=device, dtype=dtype)) for h, r, c in self.shared], self.runs_as,
+                         None if self.cold is None else self.cold.to(device, dtype))
 
     def value(self, indices: dict[str, int]) -> float:
         """The cost of one architecture given its choice indices (the one-hot case, without tensors of weights),
         as its model runs (``runs_as``: AdaBERT's dead cells cost nothing)."""
+        cold = 0.0 if self.cold is None else self.cold.at(self.cold.weights.value(indices))
         if self.runs_as is not None:
             indices = self.runs_as(indices)
-        total = self.overhead_ms
+        total = self.overhead_ms + cold
         for names, cost in self.terms:
             total += float(cost[tuple(indices[d] for d in names)])
         for hub, readers, cost in self.shared:
@@ -95,17 +155,36 @@ class CostModel:
         for _, readers, c in self.shared:
             lo += min(float(c.min()), 0.0)
             hi += float(c.clamp(min=0).sort(-1, descending=True).values[:, : len(readers)].sum(-1).max())
+        if self.cold is not None:  # nondecreasing in the weights
+            w_lo, w_hi = self.cold.weights.range()
+            lo, hi = lo + self.cold.at(w_lo), hi + self.cold.at(w_hi)
         return lo, hi
 
+    def linear(self) -> CostModel:
+        """The same model without its cold term (a plain sum over decisions)."""
+        return dataclasses.replace(self, cold=None)
+
     def extremes(self) -> tuple[tuple[float, dict[str, int]], tuple[float, dict[str, int]]]:
-        """Exact ``((min, indices), (max, indices))`` over architectures.
+        """``((min, indices), (max, indices))`` over architectures: exact for a plain sum.
 
         The decisions that lead a 2-decision term or a shared term (AdaBERT's ``cells``, NAS-BERT's block widths)
         are enumerated; given them, every other decision is independent, except the readers of shared terms:
         those are enumerated over the shared choices plus their best other choice, skipping a reader whose best
         other choice beats every shared one even at its full shared cost. Decisions no term depends on are left
         out of ``indices``.
+
+        With a cold term (a nondecreasing function of the weights read), the fastest is the faster of the sum's
+        fastest and the lightest architecture, and the slowest the slower of the sum's slowest and the heaviest,
+        each priced whole: exact whenever the sum's fastest is also among the lightest-weighted and its slowest
+        among the heaviest, as in the shipped spaces, where the cost of an op grows with its weights.
         """
+        if self.cold is not None:
+            (_, lo), (_, hi) = self.linear().extremes()
+            (_, w_lo), (_, w_hi) = self.cold.weights.extremes()
+            full = {d: 0 for d in self.decisions()}
+            lo_c = [(self.value({**full, **i}), {**full, **i}) for i in (lo, w_lo)]
+            hi_c = [(self.value({**full, **i}), {**full, **i}) for i in (hi, w_hi)]
+            return min(lo_c, key=lambda t: t[0]), max(hi_c, key=lambda t: t[0])
         hubs = list(dict.fromkeys([n[0] for n, _ in self.terms if len(n) == 2] + [h for h, _, _ in self.shared]))
         size = {d: c.shape[i] for n, c in self.terms for i, d in enumerate(n)}
         for h, readers, c in self.shared:
@@ -277,6 +356,8 @@ def expected_latency(weights: dict[str, torch.Tensor], cost: CostModel) -> torch
         total = term if total is None else total + term
     if total is None:
         total = torch.zeros(ref.shape[:-1], device=ref.device, dtype=ref.dtype)  # (...)
+    if cost.cold is not None:  # at the expected weights: exact for one-hot weights
+        total = total + cost.cold.at_tensor(expected_latency(weights, cost.cold.weights))
     return total + cost.overhead_ms
 
 

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from latency.calibration import FULL, Calibration, CalibrationSpec, Row, fit_calibration
-from latency.loss import CostModel, build_cost_model
+from latency.calibration import FULL, Calibration, CalibrationSpec, Row, fit_calibration, weights_mb
+from latency.loss import ColdTerm, CostModel, build_cost_model
 from latency.lut import OpTable
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
 from latency.regression import OpRegressor
 from nas.spaces.base import SearchSpace, factors_bag, get_space
-from nas.spaces.ops import Context, OpSpec
+from nas.spaces.ops import Context, OpSpec, weights_read_mb
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,12 @@ class Predictor(abc.ABC):
         """Effective ms ``(len(specs),)`` of one run of each op inside a model of ``space`` at ``ctx``."""
 
     @abc.abstractmethod
-    def overhead_ms(self, space: str, ctx: Context) -> float:
-        """Per-model ms not attributed to any op."""
+    def overhead_ms(self, space: str, ctx: Context, weights_mb: float = 0.0) -> float:
+        """Per-model ms not attributed to any op, for a model reading ``weights_mb`` MB of weights per run."""
+
+    def knees_mb(self, space: str) -> list[float]:
+        """Where per-model costs of the weights (the cold-weights term) change slope: none by default."""
+        return []
 
     @abc.abstractmethod
     def body(self) -> dict:
@@ -143,7 +147,7 @@ class Predictor(abc.ABC):
         self.check_context(ctx, sp)
         specs = sorted(bag, key=lambda s: s.key)
         costs = self.op_costs(sp.name, specs, ctx)
-        return float(self.overhead_ms(sp.name, ctx) + sum(bag[s] * float(c) for s, c in zip(specs, costs)))
+        return float(self.overhead_ms(sp.name, ctx, weights_mb(bag)) + sum(bag[s] * float(c) for s, c in zip(specs, costs)))
 
     def cost_matrix(self, space: SearchSpace, ctx: Context) -> CostModel:
         """The :class:`CostModel` of ``space`` at ``ctx`` for the differentiable loss (float64 tensors)."""
@@ -151,8 +155,15 @@ class Predictor(abc.ABC):
         self.check_context(ctx, sp)
         specs = sorted(sp.unique_ops(self.cover(sp.name)["num_labels"]), key=lambda s: s.key)
         per = dict(zip(specs, (float(c) for c in self.op_costs(sp.name, specs, ctx))))
-        return build_cost_model(sp, per.__getitem__, self.cover(sp.name)["num_labels"],
-                                overhead=self.overhead_ms(sp.name, ctx), cse=self.cse)
+        num_labels = self.cover(sp.name)["num_labels"]
+        cost = build_cost_model(sp, per.__getitem__, num_labels, overhead=self.overhead_ms(sp.name, ctx), cse=self.cse)
+        knees = sorted({0.0, *self.knees_mb(sp.name)})
+        if len(knees) > 1:  # piecewise linear in the weights, breaking at the knees: exact at these knots
+            knots = (*knees, knees[-1] + 1.0)
+            base = self.overhead_ms(sp.name, ctx)
+            cost.cold = ColdTerm(build_cost_model(sp, weights_read_mb, num_labels, unit="MB"), knots,
+                                 tuple(self.overhead_ms(sp.name, ctx, w) - base for w in knots))
+        return cost
 
     # -- files -----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -195,10 +206,10 @@ class OpPredictor(Predictor):
             ms = layer.apply_ops(space, specs, ms, ctx, harness)
         return ms
 
-    def _overhead(self, space: str, ctx: Context, upto: int) -> float:
+    def _overhead(self, space: str, ctx: Context, upto: int, weights_mb: float = 0.0) -> float:
         ovh = 0.0
         for layer in self.layers[:upto]:
-            ovh = layer.apply_overhead(space, ovh, ctx)
+            ovh = layer.apply_overhead(space, ovh, ctx, weights_mb)
         return ovh
 
     def op_costs(self, space: str, specs: list[OpSpec], ctx: Context) -> np.ndarray:
@@ -209,8 +220,11 @@ class OpPredictor(Predictor):
             self._cache[key] = self._through(space, specs, ctx, len(self.layers))
         return self._cache[key]
 
-    def overhead_ms(self, space: str, ctx: Context) -> float:
-        return self._overhead(space, ctx, len(self.layers))
+    def overhead_ms(self, space: str, ctx: Context, weights_mb: float = 0.0) -> float:
+        return self._overhead(space, ctx, len(self.layers), weights_mb)
+
+    def knees_mb(self, space: str) -> list[float]:
+        return [k for layer in self.layers if (k := layer.knee_mb(space)) is not None]
 
     def body(self) -> dict:
         if isinstance(self.base, OpTable):
@@ -240,7 +254,7 @@ class OpPredictor(Predictor):
                        if c.seq_len <= getattr(sp.preset, "max_len", c.seq_len))
 
         layer = fit_calibration(rows, lambda sp, specs, c: self._through(sp, specs, c, n),
-                                lambda sp, c: self._overhead(sp, c, n), spec, role, accept)
+                                lambda sp, c, w: self._overhead(sp, c, n, w), spec, role, accept)
         self.layers.append(layer)
         self._cache.clear()
 

@@ -190,6 +190,7 @@ def op_mix(space, arch) -> dict:
 
 def breakdown(d: Device, arch, ctx: Context) -> dict[str, float]:
     """Predicted ms per op kind on device ``d`` (fixed parts and the per-model overhead as their own entries)."""
+    from latency.calibration import weights_mb
     from nas.spaces.ops import OP_REGISTRY
 
     _, ops = d.predictor.arch_bag(arch)  # what this device's backend runs (repeated pooling once on onnxruntime)
@@ -199,7 +200,7 @@ def breakdown(d: Device, arch, ctx: Context) -> dict[str, float]:
     for spec, m in zip(specs, ms):
         key = "fixed parts" if OP_REGISTRY[spec.kind].fixed else spec.kind
         out[key] += float(m) * ops[spec]
-    out["overhead"] += float(d.predictor.overhead_ms(d.space.name, ctx))
+    out["overhead"] += float(d.predictor.overhead_ms(d.space.name, ctx, weights_mb(ops)))  # with cold weights
     return dict(out)
 
 

@@ -44,6 +44,14 @@ def pareto(latency: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _sum_terms(terms, full: np.ndarray, base: float) -> np.ndarray:
+    """``base`` plus each term's entry at each row of choice indices ``full`` ``(n, decisions)``."""
+    out = np.full(len(full), float(base))
+    for cols, table in terms:
+        out += table[tuple(full[:, c] for c in cols)]
+    return out
+
+
 def combine(space, cost, layouts, survivors: list[list[dict]], budgets: list[float], top: int,
             keep_all: int = 200_000) -> tuple[pd.DataFrame, dict]:
     """The combined table: one row per kept combination (``combo`` holds one survivor index per block).
@@ -56,6 +64,8 @@ def combine(space, cost, layouts, survivors: list[list[dict]], budgets: list[flo
     paths = [np.array([s["path"] for s in surv], dtype=np.int64) for surv in survivors]  # per block (S_b, D_b)
     losses = [np.array([s["loss"] for s in surv]) for surv in survivors]
     terms = [([col[n] for n in ns], c.detach().double().numpy()) for ns, c in cost.terms]
+    w_terms = [] if cost.cold is None else [([col[n] for n in ns], c.detach().double().numpy())
+                                            for ns, c in cost.cold.weights.terms]  # MB of weights read per run
     sizes = [len(p) for p in paths]
     total = int(np.prod(sizes))
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -65,9 +75,9 @@ def combine(space, cost, layouts, survivors: list[list[dict]], budgets: list[flo
         full = np.zeros((len(combo), len(names)), dtype=np.int64)
         for b, lay in enumerate(layouts):
             full[:, [col[d] for d in lay.decisions]] = paths[b][combo[:, b]]
-        ms = np.full(len(combo), cost.overhead_ms)
-        for cols, table in terms:
-            ms += table[tuple(full[:, c] for c in cols)]
+        ms = _sum_terms(terms, full, cost.overhead_ms)
+        if cost.cold is not None:  # the model's weights as a whole (CostModel.value)
+            ms += cost.cold.at_array(_sum_terms(w_terms, full, cost.cold.weights.overhead_ms))
         q = np.mean([losses[b][combo[:, b]] for b in range(len(layouts))], 0)
         if total > keep_all:  # keep what can be chosen: this chunk's front and each budget's best
             keep = pareto(ms, q)

@@ -22,6 +22,7 @@ True
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -137,6 +138,10 @@ class OpKind:
     def params(self, spec: OpSpec) -> int:
         return sum(p.numel() for p in self.build(spec).parameters())
 
+    def weights_read(self, spec: OpSpec) -> int:
+        """Parameters one run reads whole, whatever its input (a lookup table's rows are read per token: not here)."""
+        return self.params(spec)
+
     def flops(self, spec: OpSpec, ctx: Context) -> int:
         raise NotImplementedError
 
@@ -171,6 +176,12 @@ def build_op(spec: OpSpec) -> nn.Module:
 
 def op_params(spec: OpSpec) -> int:
     return get_op(spec.kind).params(spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def weights_read_mb(spec: OpSpec) -> float:
+    """MB (float32) of weights one run of the op reads whole: what a model's runs stream through the cache."""
+    return 4e-6 * get_op(spec.kind).weights_read(spec)
 
 
 def op_flops(spec: OpSpec, ctx: Context) -> int:

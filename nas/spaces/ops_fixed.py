@@ -42,6 +42,9 @@ class EmbedKind(OpKind):
         p = (g("vocab") + g("max_len") + g("types")) * g("dim") + 2 * g("dim")
         return p + (g("dim") * h + h if g("dim") != h else 0)
 
+    def weights_read(self, spec):
+        return self.params(spec) - spec.get("vocab") * spec.get("dim")  # the word table is looked up, row by row
+
     def flops(self, spec, ctx):
         n, e, h = ctx.tokens, spec.get("dim"), spec.hidden
         return 2 * n * e + _ln_flops(n, e) + (2 * n * e * h + n * h if e != h else 0)
