@@ -17,6 +17,7 @@ Run with nothing else running (it measures):
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -33,6 +34,7 @@ from latency.evaluate import evaluate  # noqa: E402
 from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
 from latency.transfer import fit_transfer, transfer, transfer_config  # noqa: E402
+from nas.io import atomic_write_text  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "transfer.json"
 KEYS = ("n", "within_10_pct", "within_5_pct", "mape_pct", "spearman_min_ctx", "spearman_mean_ctx")  # averaged over few-shot seeds
@@ -52,6 +54,9 @@ def unseen(target, seen: set[str]):
 
 def one(source, target, out_dir: Path, seed: int) -> dict:
     from latency.profiler import run_profile
+
+    if (out_dir / target.name).exists():  # a finished folder would be read back, not measured: not what is timed
+        sys.exit(f"transfer_profile: {out_dir / target.name} exists; move it away to time a fresh transfer")
 
     b = target.meta["backend"]
     cfg = transfer_config(source, b["name"], b.get("device", "cpu"), int(b["threads"]), seed=seed)
@@ -120,11 +125,10 @@ def main() -> int:
         row = one(source, target, Path(args.runs), args.seed)
         row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
         rows.append(row)
-    res = {"source": source.name, "rows": rows,
+    res = {"source": source.name, "date": dt.date.today().isoformat(), "rows": rows,
            "targets": ">= 90 % within +-10 % and Spearman >= 0.95 per Context on the target's full-profile test split, "
                       "<= 3 minutes of measurement"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(res, indent=1, default=str) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -240,7 +240,7 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
         for k in knees:
             for sp in specs:  # the previous layer's op costs are computed once, for the first candidate
                 fits.append(_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role, k, fits[0] if fits else None))
-        best = min(fits, key=lambda f: f.cv_error())  # the first of equals
+        best = min((f for f in fits if f.cold_holds()), key=lambda f: f.cv_error())  # the first of equals
         coef[space] = {**best.fit(accept), "cv_error": round(best.cv_error(), 6)}
     return Calibration(role, spec, coef)
 
@@ -361,6 +361,16 @@ class _SpaceFit:
             if ovh + sum(r.bag[s] * m for s, m in zip(specs, ms)) <= 0:
                 return False
         return True
+
+    def cold_holds(self) -> bool:
+        """Without a cold term, or with one whose slope at the cross-validated ridge is not negative at any row's
+        Context: predictions clamp a negative slope to 0, so a fit that leans on one would not be what predicts."""
+        if self.knee is None:
+            return True
+        self.cv_error()
+        theta = self.theta0 + _ridge(self.xs, self.rw, self._cv[0]) / self.scale
+        slope = self.coef(theta)["cold"]["slope"]
+        return all(float(np.dot(slope, _basis(self.spec.cold, c, self.spec.grid))) >= 0 for c in {r.ctx for r in self.rows})
 
     def cv_error(self) -> float:
         """Held-out (whole architectures) Huber error at the cross-validated ridge."""

@@ -147,7 +147,8 @@ class Predictor(abc.ABC):
         self.check_context(ctx, sp)
         specs = sorted(bag, key=lambda s: s.key)
         costs = self.op_costs(sp.name, specs, ctx)
-        return float(self.overhead_ms(sp.name, ctx, weights_mb(bag)) + sum(bag[s] * float(c) for s, c in zip(specs, costs)))
+        ops_ms = sum(bag[s] * float(c) for s, c in zip(specs, costs))
+        return float(self.overhead_ms(sp.name, ctx, weights_mb(bag)) + ops_ms)
 
     def cost_matrix(self, space: SearchSpace, ctx: Context) -> CostModel:
         """The :class:`CostModel` of ``space`` at ``ctx`` for the differentiable loss (float64 tensors)."""

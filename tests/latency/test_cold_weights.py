@@ -172,3 +172,10 @@ def test_nasbert_selection_prices_the_cold_term(cold_predictor):
     for _, row in itertools.islice(table.iterrows(), 16):
         arch = Architecture.from_json(row["arch_json"])
         assert row["predicted_latency_ms"] == pytest.approx(cost.value(space.indices(arch)), rel=1e-9)
+
+
+def test_a_slope_that_would_be_clamped_is_not_chosen():
+    """Heavy models measured faster than their ops add up to: a fitted slope below 0 would be clamped to 0 when
+    predicting, so the fit may not lean on it."""
+    layer = _fit(_rows(knee=8.0, slope=-0.01, n=30, seed=0))
+    assert "cold" not in layer.coef["nasbert"]

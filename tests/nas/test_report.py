@@ -18,6 +18,10 @@ def test_arch_info_figures(space_name, tmp_path):
     assert info["file"] == str(path)
     assert (info["space"], info["preset"], info["version"]) == (space_name, "tiny", 1)
     assert info["params"] == space.params(arch, 3) == info["analytic_params"]
+    words = space.embed_spec(16).get("vocab") * space.embed_spec(16).get("dim") if space_name == "nasbert" else None
+    if words is not None:  # what a run reads whole: every parameter but the looked-up word table
+        assert info["weights_read_mb"] == pytest.approx(4e-6 * (info["analytic_params"] - words), abs=1e-3)
+    assert 0 < info["weights_read_mb"] < 4e-6 * info["params"]
     assert info["flops"] == space.flops(arch, Context(2, 48), 3) > 0
     assert sum(info["op_counts"].values()) == sum(space.arch_ops(arch, 3).values())
     assert info["op_counts"]["embed"] == info["op_counts"]["head"] == 1
