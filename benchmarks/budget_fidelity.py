@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from latency.archsets import budget_range, capacity_model, full_indices, latency_search  # noqa: E402
 from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
+from nas.io import atomic_write_text  # noqa: E402
 from nas.spaces import Context  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "budget_fidelity.json"
@@ -229,8 +230,7 @@ def main() -> int:
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
                              "of the visits' p50; measure_call_ms: one `hwnas measure` call (measure_arch) each",
               "rounds_s": round(rounds_s, 1), "measuring_core_shared_at_end": busy, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(f"{ok}/{len(rows)} within target; wrote {args.out}")
     return 0
 

@@ -35,6 +35,7 @@ from latency.evaluate import evaluate, test_points  # noqa: E402
 from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
 from latency.stats import retest_agreement  # noqa: E402
+from nas.io import atomic_write_text  # noqa: E402
 from nas.spaces import Context  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -249,8 +250,7 @@ def main() -> int:
         "op_ratios": op_ratios(gpu, cpus[0]),
         "search": {s: [search(preds, s, ctx) for ctx in SEARCH_CTXS] for s in ("adabert", "nasbert")},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(result, indent=1, default=str) + "\n")
     r = result
     print(f"{gpu.name}: {r['rows']}, status {r['status']}, profiling {sum(walls):.0f} s")
     print(f"retest {r['retest'].get('median_abs_diff_pct')} % median |diff|; by statistic: " + "; ".join(

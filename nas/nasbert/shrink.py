@@ -2,7 +2,8 @@
 
 A block's latency is the sum of the predictor's cost terms that depend only on the block's own decisions (its
 layers, the adapters inside it, the embedding in the first block, the head in the last); the adapters between
-blocks are added when blocks are combined (:mod:`nas.nasbert.select`). The block's exact fastest and slowest paths
+blocks are added when blocks are combined (:mod:`nas.nasbert.select`), and so is the predictor's cold-weights term,
+a function of the whole model's weights (``CostModel.cold``). The block's exact fastest and slowest paths
 bound ``B`` equal-width bins. Bins are filled from many random paths drawn with a random tilt towards cheap or
 expensive ops (plain uniform draws almost never reach the extreme bins), plus the two extreme paths; each bin then
 keeps ``E`` of its paths, uniformly.
