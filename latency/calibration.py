@@ -184,7 +184,8 @@ class Calibration:
     def to_dict(self) -> dict:
         s = self.spec
         return {"role": self.role, "form": "op_eff = max(0, alpha(ctx)*op_ms + eta(ctx)*harness_ms + beta_kind(ctx));"
-                " overhead = alpha(ctx)*prev_overhead + gamma(ctx)", "alpha_basis": list(s.alpha),
+                " overhead = alpha(ctx)*prev_overhead(W) + gamma(ctx) + max(0, cold.slope . cold_basis(ctx)) * max(0, W -"
+                " cold.knee_mb), W = MB of weights the model reads per run", "alpha_basis": list(s.alpha),
                 "harness_basis": list(s.harness), "harness_kind": s.harness_kind, "beta_basis": list(s.beta),
                 "gamma_basis": list(s.gamma), "per_kind": s.per_kind, "kind_scale": s.kind_scale, "ridge": s.ridge,
                 "grid": [list(x) for x in s.grid] if s.grid else None, "free_kinds": list(s.free),
