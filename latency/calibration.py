@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latency.profile_data import PredictorError
-from nas.spaces.ops import Context, OpSpec, weights_read_mb
+from nas.spaces.ops import Context, OpSpec, weights_mb
 
 BASES: dict[str, Callable[[Context], float]] = {
     "one": lambda c: 1.0,
@@ -235,10 +235,11 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
         # kind_scale: with and without the per-kind scales; cold: without it or at each candidate knee; the lowest
         # cross-validated error decides, per space (on a tie the simpler: without it, then the lower knee)
         specs = [dataclasses.replace(spec, kind_scale=False), spec] if spec.kind_scale else [spec]
-        heavy = [{r.group for r in mine if weights_mb(r.bag) > k} for k in spec.knees] if spec.cold else []
-        knees = [None, *(k for k, h in zip(spec.knees, heavy) if len(h) >= MIN_BEYOND_KNEE)]
+        w = [weights_mb(r.bag) for r in mine]
+        knees = [k for k in spec.knees if len({r.group for r, x in zip(mine, w) if x > k}) >= MIN_BEYOND_KNEE
+                 ] if spec.cold else []
         fits: list[_SpaceFit] = []
-        for k in knees:
+        for k in [None, *knees]:
             for sp in specs:  # the previous layer's op costs are computed once, for the first candidate
                 fits.append(_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role, k, fits[0] if fits else None))
         best = min((f for f in fits if f.cold_holds()), key=lambda f: f.cv_error())  # the first of equals
@@ -391,11 +392,6 @@ class _SpaceFit:
             if cand is None or (self.feasible(trial) and (accept is None or accept(self.space, trial))):
                 break
         return {**self.coef(theta), "rows": len(self.rows), "ridge": cand}
-
-
-def weights_mb(bag: Counter) -> float:
-    """MB of weights a model with this op bag reads per run (:func:`nas.spaces.ops.weights_read_mb`)."""
-    return float(sum(n * weights_read_mb(s) for s, n in bag.items()))
 
 
 def cold_slope(coef: list[float], basis: tuple[str, ...], ctx: Context, grid=None) -> float:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from nas.errors import HwnasError
@@ -66,13 +67,7 @@ class ColdTerm:
 
     def at(self, w_mb: float) -> float:
         """The cost at ``w_mb`` MB of weights."""
-        k, m = self.knots_mb, self.ms
-        if w_mb <= k[0]:
-            return float(m[0])
-        for i in range(1, len(k)):
-            if w_mb <= k[i] or i == len(k) - 1:
-                return float(m[i - 1] + (m[i] - m[i - 1]) * (w_mb - k[i - 1]) / (k[i] - k[i - 1]))
-        return float(m[0])  # one knot: constant
+        return float(self.at_array(np.asarray(w_mb, dtype=np.float64)))
 
     def at_tensor(self, w_mb: torch.Tensor) -> torch.Tensor:
         """:meth:`at`, differentiable, for a tensor of MB (any shape)."""
@@ -86,10 +81,8 @@ class ColdTerm:
             out = out + slope * seg
         return out
 
-    def at_array(self, w_mb):
+    def at_array(self, w_mb: np.ndarray) -> np.ndarray:
         """:meth:`at` for a numpy array of MB."""
-        import numpy as np
-
         return np.interp(w_mb, self.knots_mb, self.ms) + np.where(
             np.asarray(w_mb) > self.knots_mb[-1],
             (np.asarray(w_mb) - self.knots_mb[-1]) * self._last_slope(), 0.0)

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from latency.calibration import FULL, Calibration, CalibrationSpec, Row, fit_calibration, weights_mb
+from latency.calibration import FULL, Calibration, CalibrationSpec, Row, fit_calibration
 from latency.loss import ColdTerm, CostModel, build_cost_model
 from latency.lut import OpTable
 from latency.profile_data import PredictorError, ProfileData, data_hash, profile_hash, read_profile
 from latency.regression import OpRegressor
 from nas.spaces.base import SearchSpace, factors_bag, get_space
-from nas.spaces.ops import Context, OpSpec, weights_read_mb
+from nas.spaces.ops import Context, OpSpec, weights_mb, weights_read_mb
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,11 @@ class Predictor(abc.ABC):
         specs = sorted(sp.unique_ops(self.cover(sp.name)["num_labels"]), key=lambda s: s.key)
         per = dict(zip(specs, (float(c) for c in self.op_costs(sp.name, specs, ctx))))
         num_labels = self.cover(sp.name)["num_labels"]
-        cost = build_cost_model(sp, per.__getitem__, num_labels, overhead=self.overhead_ms(sp.name, ctx), cse=self.cse)
+        base = self.overhead_ms(sp.name, ctx)
+        cost = build_cost_model(sp, per.__getitem__, num_labels, overhead=base, cse=self.cse)
         knees = sorted({0.0, *self.knees_mb(sp.name)})
         if len(knees) > 1:  # piecewise linear in the weights, breaking at the knees: exact at these knots
             knots = (*knees, knees[-1] + 1.0)
-            base = self.overhead_ms(sp.name, ctx)
             cost.cold = ColdTerm(build_cost_model(sp, weights_read_mb, num_labels, unit="MB"), knots,
                                  tuple(self.overhead_ms(sp.name, ctx, w) - base for w in knots))
         return cost

@@ -190,8 +190,7 @@ def op_mix(space, arch) -> dict:
 
 def breakdown(d: Device, arch, ctx: Context) -> dict[str, float]:
     """Predicted ms per op kind on device ``d`` (fixed parts and the per-model overhead as their own entries)."""
-    from latency.calibration import weights_mb
-    from nas.spaces.ops import OP_REGISTRY
+    from nas.spaces.ops import OP_REGISTRY, weights_mb
 
     _, ops = d.predictor.arch_bag(arch)  # what this device's backend runs (repeated pooling once on onnxruntime)
     specs = list(ops)

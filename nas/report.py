@@ -14,7 +14,7 @@ from typing import Any
 
 from nas.arch import Architecture
 from nas.errors import HwnasError
-from nas.spaces.ops import Context, weights_read_mb
+from nas.spaces.ops import Context, weights_mb
 
 
 def _live_cells(arch: Architecture) -> int:
@@ -46,8 +46,8 @@ def arch_info(arch: Architecture | str | os.PathLike, batch: int = 1, seq_len: i
     Returns:
         ``space``, ``preset``, ``version``, ``params`` (of the built model), ``analytic_params`` (sum over the ops
         as run), ``weights_read_mb`` (MB of float32 weights one run reads whole: all but the word table; what the
-        predictor's cold-weights term is a function of), ``flops`` and ``gflops`` at ``(batch, seq_len)``, ``op_counts`` (ops that run, by kind, with
-        multiplicity), the space's depth figures (``cells`` and ``live_cells``, the cells the output depends on, or
+        predictor's cold-weights term is a function of), ``flops`` and ``gflops`` at ``(batch, seq_len)``,
+        ``op_counts`` (ops that run, by kind, with multiplicity), the space's depth figures (``cells`` and ``live_cells``, the cells the output depends on, or
         ``layers``...) and ``choices``.
     """
     source = str(arch) if not isinstance(arch, Architecture) else None
@@ -69,7 +69,7 @@ def arch_info(arch: Architecture | str | os.PathLike, batch: int = 1, seq_len: i
         "batch": batch, "seq_len": seq_len, "num_labels": num_labels,
         "params": params, "params_m": round(params / 1e6, 3),
         "analytic_params": space.analytic_params(arch, num_labels),
-        "weights_read_mb": round(sum(n * weights_read_mb(s) for s, n in ops.items()), 3),
+        "weights_read_mb": round(weights_mb(ops), 3),
         "flops": flops, "gflops": round(flops / 1e9, 4),
         "op_counts": dict(sorted(kinds.items())),
         **DEPTH.get(arch.space, lambda a: {})(arch),

@@ -44,6 +44,11 @@ def pareto(latency: np.ndarray, quality: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _np_terms(terms, col: dict[str, int]) -> list[tuple[list[int], np.ndarray]]:
+    """A cost model's terms as (decision columns, numpy table)."""
+    return [([col[n] for n in ns], c.detach().double().numpy()) for ns, c in terms]
+
+
 def _sum_terms(terms, full: np.ndarray, base: float) -> np.ndarray:
     """``base`` plus each term's entry at each row of choice indices ``full`` ``(n, decisions)``."""
     out = np.full(len(full), float(base))
@@ -63,9 +68,8 @@ def combine(space, cost, layouts, survivors: list[list[dict]], budgets: list[flo
     col = {n: i for i, n in enumerate(names)}
     paths = [np.array([s["path"] for s in surv], dtype=np.int64) for surv in survivors]  # per block (S_b, D_b)
     losses = [np.array([s["loss"] for s in surv]) for surv in survivors]
-    terms = [([col[n] for n in ns], c.detach().double().numpy()) for ns, c in cost.terms]
-    w_terms = [] if cost.cold is None else [([col[n] for n in ns], c.detach().double().numpy())
-                                            for ns, c in cost.cold.weights.terms]  # MB of weights read per run
+    terms = _np_terms(cost.terms, col)
+    w_terms = [] if cost.cold is None else _np_terms(cost.cold.weights.terms, col)  # MB of weights read per run
     sizes = [len(p) for p in paths]
     total = int(np.prod(sizes))
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

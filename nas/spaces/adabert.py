@@ -121,8 +121,7 @@ class AdaBertSpace(SearchSpace):
         """
         if any(n not in idx for n in ("cells", *INPUT_EDGES["in0"], *INPUT_EDGES["in1"])):
             return idx
-        ops = self.preset.ops
-        uses = {src: any(ops[idx[n]] != "zero" for n in names) for src, names in INPUT_EDGES.items()}
+        uses = input_edges_used({n: self.preset.ops[idx[n]] for names in INPUT_EDGES.values() for n in names})
         ks = self.decision("cells").choices
         live = sum(live_cells(ks[idx["cells"]], uses["in0"], uses["in1"]))
         if live == ks[idx["cells"]]:

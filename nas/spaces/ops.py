@@ -23,7 +23,7 @@ True
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -182,6 +182,11 @@ def op_params(spec: OpSpec) -> int:
 def weights_read_mb(spec: OpSpec) -> float:
     """MB (float32) of weights one run of the op reads whole: what a model's runs stream through the cache."""
     return 4e-6 * get_op(spec.kind).weights_read(spec)
+
+
+def weights_mb(bag: Mapping[OpSpec, int]) -> float:
+    """MB of weights a model with this op bag (op -> count) reads per run (:func:`weights_read_mb` summed)."""
+    return float(sum(n * weights_read_mb(s) for s, n in bag.items()))
 
 
 def op_flops(spec: OpSpec, ctx: Context) -> int:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from latency.calibration import CalibrationSpec, Row, fit_calibration, weights_mb
+from latency.calibration import CalibrationSpec, Row, fit_calibration
 from latency.loss import ColdTerm, CostModel, expected_latency, one_hot_weights
 from latency.predictor import fit
 from nas.spaces import Context, OpSpec, get_space
-from nas.spaces.ops import op_params, weights_read_mb
+from nas.spaces.ops import op_params, weights_mb, weights_read_mb
 
 CTXS = (Context(1, 32), Context(1, 128), Context(8, 32))
 FFN = [OpSpec.parse(f"ffn:inner={i}|h=256") for i in (256, 512, 768, 1024)]
