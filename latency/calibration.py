@@ -204,6 +204,12 @@ class Calibration:
                                tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"),
                                bool(d.get("kind_scale", False)), tuple(d.get("free_kinds", ())),
                                tuple(d.get("cold_basis", ())), tuple(float(v) for v in d.get("knees_mb", ())))
+        for space, c in d["coef"].items():  # checked here, since it is read only when a heavy model is priced
+            cold = c.get("cold")
+            if cold is not None and not (isinstance(cold, dict) and isinstance(cold.get("knee_mb"), (int, float))
+                                         and len(cold.get("slope") or ()) == len(spec.cold) > 0):
+                raise PredictorError(f"predictor.json: malformed cold-weights term of space {space!r} (needs "
+                                     f"knee_mb and {len(spec.cold)} slope values); refit with `hwnas fit`")
         return Calibration(d["role"], spec, d["coef"])
 
 

@@ -15,6 +15,7 @@ import torch
 from latency.calibration import CalibrationSpec, Row, fit_calibration
 from latency.loss import ColdTerm, CostModel, expected_latency, one_hot_weights
 from latency.predictor import fit
+from latency.profile_data import PredictorError
 from nas.spaces import Context, OpSpec, get_space
 from nas.spaces.ops import op_params, weights_mb, weights_read_mb
 
@@ -86,6 +87,10 @@ def test_no_cold_term_where_models_do_not_slow_down():
 
 def test_cold_term_round_trips_and_never_subtracts():
     layer = _fit(_rows(knee=12.0, slope=0.02, n=30, seed=0))
+    bad = copy.deepcopy(layer.to_dict())
+    del bad["coef"]["nasbert"]["cold"]["knee_mb"]
+    with pytest.raises(PredictorError, match="malformed cold-weights term of space 'nasbert'.*hwnas fit"):
+        type(layer).from_dict(bad)
     back = type(layer).from_dict(copy.deepcopy(layer.to_dict()))
     assert back.spec == layer.spec and back.coef == layer.coef
     far = Context(64, 512)  # slope(ctx) falls with tokens; far beyond the rows it would cross zero: clamped
