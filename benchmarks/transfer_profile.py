@@ -13,6 +13,9 @@ Targets: >= 90 % within +-10 % and Spearman >= 0.95 per Context, in <= 3 minutes
 
 Run with nothing else running (it measures):
 ``python benchmarks/transfer_profile.py --source profiles/X_t1 --target profiles/X_t2 --target profiles/X_torch``
+
+``--ceilings`` (no measuring) adds, to each row of an existing ``--out`` file, where the transfer's misses come
+from: the same fit with parts of the transfer measurement swapped for the target's full profile (:data:`CEILINGS`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -89,6 +93,46 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
     return row
 
 
+CEILINGS = {  # name -> (op rows the source table is scaled by, whole-model rows the layer is fitted on)
+    "transfer": ("transfer", "transfer"),
+    "full_op_table": ("full", "transfer"),  # every op at every grid Context: the scaling is then exact
+    "full_e2e_rows": ("transfer", "full"),  # the full profile's calibration rows: every Context, more architectures
+    "full_e2e_rows_at_transfer_contexts": ("transfer", "full@transfer"),
+    "ops_also_at_middle_batch": ("transfer+middle_batch", "transfer"),  # the full table's rows at the middle batch
+    # and the corner seq_lens, as if the transfer had timed them too
+}
+
+
+def ceilings(source, target, new) -> dict:
+    """:func:`judged` of the transfer fit with its op rows and/or whole-model rows taken from the target's full
+    profile instead (:data:`CEILINGS`): which half of a three-minute measurement limits it."""
+    from latency.profile_data import ProfileData
+    from latency.transfer import corners, e2e_contexts, middle
+
+    b, s = source.grid()
+    at = set(e2e_contexts(b, s))
+    mid = {(middle(b), q) for q in corners(s)}
+    full_cal = target.e2e[target.e2e["split"] == "calibration"]
+
+    def rows(kind: str, which: str):
+        frame = {"op": (new.ops, target.ops), "e2e": (new.e2e, full_cal)}[kind]
+        if which == "transfer":
+            return frame[0]
+        if which == "full":
+            return frame[1]
+        ctx = at if which == "full@transfer" else mid
+        f = frame[1]
+        picked = f[[(int(x), int(y)) in ctx for x, y in zip(f["batch"], f["seq_len"])]]
+        return picked if which == "full@transfer" else pd.concat([frame[0], picked])
+
+    judge = unseen(target, set(new.e2e["arch_json"]))
+    out = {}
+    for name, (ops, e2e) in CEILINGS.items():
+        mixed = ProfileData(new.path, new.meta, rows("op", ops), rows("e2e", e2e))
+        out[name] = judged(fit_transfer(source, mixed), judge)
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["| source -> target | predictor | minutes measured | space | n | +-10% | +-5% | MAPE % | "
              "rho min / mean per Context |", "|" + "---|" * 9]
@@ -112,9 +156,24 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="the transfer's seed (1: other sampled architectures than "
                     "the full profiles' seed 0)")
     ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
+    ap.add_argument("--ceilings", action="store_true", help="add the swapped-part fits (no measuring) to each row "
+                    "of an existing --out file")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
+        return 0
+    if args.ceilings:
+        res = json.loads(Path(args.out).read_text())
+        source = read_profile(args.source or ROOT / "profiles" / res["source"])
+        for row in res["rows"]:
+            target = read_profile(ROOT / "profiles" / row["target"])
+            row["ceilings"] = ceilings(source, target, read_profile(ROOT / row["transfer_profile"]))
+            for name, m in row["ceilings"].items():
+                print(f"{row['target']} {name:36s} " + "  ".join(
+                    f"{s}: 10%={v['within_10_pct']:.0%} 5%={v['within_5_pct']:.0%} rho_min={v['spearman_min_ctx']:.3f}"
+                    for s, v in m.items()), flush=True)
+        atomic_write_text(Path(args.out), json.dumps(res, indent=1, default=str) + "\n")
+        print(f"wrote {args.out}")
         return 0
     if not args.source or not args.target:
         ap.error("--source and --target are required unless --markdown")
