@@ -9,6 +9,8 @@ Kinds, by what gives the per-op ms and which corrections sit on top:
   (:mod:`latency.calibration`): ``alpha(ctx) * op_ms + beta_kind(ctx)`` per op, ``gamma(ctx)`` per model.
 * ``regression``: a per-op model over op features (:mod:`latency.regression`), for widths and Contexts the
   table lacks; ``regression+calibration`` adds the same calibration.
+* ``auto+calibration`` (the default): per space, whichever of the two calibrated kinds cross-validates better on
+  the calibration rows (:func:`fit`); the regression unless the table's error is :data:`TABLE_MARGIN` lower.
 * ``...+transfer``: a few-shot layer fitted on another device's whole-model rows (``hwnas fit --from``).
 
 >>> from nas.spaces import Context
@@ -40,8 +42,11 @@ from nas.spaces.ops import Context, OpSpec, weights_mb, weights_read_mb
 log = logging.getLogger(__name__)
 
 SCHEMA = "hwnas.predictor/1"
-KINDS = ("lut", "lut+calibration", "regression", "regression+calibration")
-DEFAULT_KIND = "regression+calibration"  # chosen by measured accuracy: see README "Predictors"
+AUTO = "auto+calibration"
+KINDS = ("lut", "lut+calibration", "regression", "regression+calibration", AUTO)
+DEFAULT_KIND = AUTO  # chosen by measured accuracy: see README "Predictors"
+TABLE_MARGIN = 0.02  # auto: a space takes the table only when its calibration's cross-validated error is this much
+# (relative) below the regression's; on a tie the regression, which also covers widths and Contexts the table lacks
 FAR_FACTOR = {"lut": 2.0, "regression": 4.0}  # beyond this factor outside the grid, refuse to extrapolate
 
 
@@ -83,6 +88,10 @@ class Predictor(abc.ABC):
 
     far_factor: float = 2.0
 
+    def far_factor_of(self, space: str | None) -> float:
+        """How far outside the grid (a factor) predictions for ``space`` may extrapolate."""
+        return self.far_factor
+
     # -- coverage checks ---------------------------------------------------------------------------------
     def cover(self, name: str) -> dict:
         for s in self.spaces:
@@ -115,7 +124,7 @@ class Predictor(abc.ABC):
         if max_len is not None and ctx.seq_len > max_len:
             raise PredictorError(f"seq_len {ctx.seq_len} exceeds the space's position embeddings ({max_len}); "
                                  f"use --seq-len <= {max_len}")
-        out, far = [], self.far_factor
+        out, far = [], self.far_factor_of(getattr(space, "name", None))
         for axis, v in (("batch", ctx.batch), ("seq_len", ctx.seq_len)):
             g = self.grid[axis]
             if v > far * g[-1] or v * far < g[0]:
@@ -185,22 +194,72 @@ class Predictor(abc.ABC):
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
 
-class OpPredictor(Predictor):
-    """Per-op base costs (table or regression) followed by zero or more calibration layers."""
+def _base_type(base: OpTable | OpRegressor) -> str:
+    return "regression" if isinstance(base, OpRegressor) else "lut"
 
-    def __init__(self, kind: str, base: OpTable | OpRegressor, layers: list[Calibration], **kw: Any) -> None:
+
+@dataclasses.dataclass
+class PerSpaceBase:
+    """Per space, the table or the regression (an ``auto+calibration`` predictor): ``choice`` maps each space to
+    ``"lut"`` or ``"regression"``; only the bases some space uses are kept."""
+
+    choice: dict[str, str]
+    bases: dict[str, OpTable | OpRegressor]
+
+    def of(self, space: str | None) -> OpTable | OpRegressor:
+        if space not in self.choice:
+            raise PredictorError(f"the {AUTO} predictor chose no per-op base for space {space!r}; refit with "
+                                 f"`hwnas fit`")
+        return self.bases[self.choice[space]]
+
+    def to_dict(self) -> dict:
+        return {"type": "per_space", "choice": dict(sorted(self.choice.items())),
+                **{t: {"type": t, **b.to_dict()} for t, b in sorted(self.bases.items())}}
+
+    @staticmethod
+    def from_dict(d: dict) -> PerSpaceBase:
+        choice = {str(k): str(v) for k, v in d["choice"].items()}
+        bad = sorted({v for v in choice.values()} - {"lut", "regression"} | {v for v in choice.values()} - set(d))
+        if bad:
+            raise PredictorError(f"predictor.json: per-space base names {bad}, which it does not hold; refit with "
+                                 f"`hwnas fit`")
+        return PerSpaceBase(choice, {t: _base_from_dict(d[t]) for t in set(choice.values())})
+
+
+def _base_from_dict(d: dict) -> OpTable | OpRegressor | PerSpaceBase:
+    if d["type"] == "per_space":
+        return PerSpaceBase.from_dict(d)
+    return OpTable.from_dict(d) if d["type"] == "lut" else OpRegressor.from_dict(d)
+
+
+class OpPredictor(Predictor):
+    """Per-op base costs (table or regression, or one of them per space) followed by zero or more calibration
+    layers."""
+
+    def __init__(self, kind: str, base: OpTable | OpRegressor | PerSpaceBase, layers: list[Calibration],
+                 **kw: Any) -> None:
         super().__init__(**kw)
         self.kind, self.base, self.layers = kind, base, layers
-        self.far_factor = FAR_FACTOR["regression" if isinstance(base, OpRegressor) else "lut"]
+        self.far_factor = min(FAR_FACTOR[_base_type(b)] for b in self._bases())
         self._cache: dict[tuple, np.ndarray] = {}
 
-    def base_ms(self, specs: list[OpSpec], ctx: Context) -> np.ndarray:
-        if isinstance(self.base, OpTable):
-            return self.base.ms([s.key for s in specs], ctx.batch, ctx.seq_len)
-        return self.base.ms(specs, ctx)
+    def _bases(self) -> list[OpTable | OpRegressor]:
+        return list(self.base.bases.values()) if isinstance(self.base, PerSpaceBase) else [self.base]
+
+    def far_factor_of(self, space: str | None) -> float:
+        if isinstance(self.base, PerSpaceBase) and space in self.base.choice:
+            return FAR_FACTOR[self.base.choice[space]]
+        return self.far_factor
+
+    def base_ms(self, specs: list[OpSpec], ctx: Context, space: str | None = None) -> np.ndarray:
+        """Per-op ms of the base (``space`` picks it in a per-space base)."""
+        base = self.base.of(space) if isinstance(self.base, PerSpaceBase) else self.base
+        if isinstance(base, OpTable):
+            return base.ms([s.key for s in specs], ctx.batch, ctx.seq_len)
+        return base.ms(specs, ctx)
 
     def _through(self, space: str, specs: list[OpSpec], ctx: Context, upto: int) -> np.ndarray:
-        ms = self.base_ms(specs, ctx)
+        ms = self.base_ms(specs, ctx, space)
         for i, layer in enumerate(self.layers[:upto]):
             harness = (self._through(space, layer.harness_specs(specs), ctx, i) if layer.needs_harness(space)
                        else None)
@@ -228,13 +287,18 @@ class OpPredictor(Predictor):
         return [k for layer in self.layers if (k := layer.knee_mb(space)) is not None]
 
     def body(self) -> dict:
-        if isinstance(self.base, OpTable):
-            base = {"type": "lut", **self.base.to_dict()}
-            schema = {"base": "op_key x grid (batch, seq_len) -> p50 ms; log(ms) bilinear in (log batch, log seq_len)"}
+        schema: dict[str, Any] = {}
+        if isinstance(self.base, PerSpaceBase):
+            base = self.base.to_dict()
+            schema["base_choice"] = "per space (choice): the table (lut) or the regression, below"
         else:
-            base = {"type": "regression", **self.base.to_dict()}
-            schema = {"base": "log(ms) = per-kind linear(linear_features) + gradient-boosted trees(feature_names)",
-                      "feature_names": self.base.feature_names}
+            base = {"type": _base_type(self.base), **self.base.to_dict()}
+        if any(isinstance(b, OpTable) for b in self._bases()):
+            schema["lut"] = "op_key x grid (batch, seq_len) -> p50 ms; log(ms) bilinear in (log batch, log seq_len)"
+        for b in self._bases():
+            if isinstance(b, OpRegressor):
+                schema["regression"] = "log(ms) = per-kind linear(linear_features) + gradient-boosted trees(feature_names)"
+                schema["feature_names"] = b.feature_names
         schema["layers"] = [layer.spec.__dict__ | {"role": layer.role} for layer in self.layers]
         return {"feature_schema": schema, "base": base, "layers": [layer.to_dict() for layer in self.layers]}
 
@@ -265,8 +329,7 @@ def predictor_from_dict(d: Any, source: str = "predictor.json") -> Predictor:
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise PredictorError(f"{source}: not an hwnas predictor ({SCHEMA}); refit with `hwnas fit PROFILE`")
     try:
-        base_d = d["base"]
-        base = OpTable.from_dict(base_d) if base_d["type"] == "lut" else OpRegressor.from_dict(base_d)
+        base = _base_from_dict(d["base"])
         layers = [Calibration.from_dict(x) for x in d["layers"]]
         p = OpPredictor(d["kind"], base, layers, spaces=d["spaces"], grid=d["grid"], profile=d["profile"],
                         meta=d.get("meta", {}))
@@ -341,6 +404,8 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
     if kind not in KINDS:
         raise PredictorError(f"unknown predictor kind {kind!r}; choose one of {', '.join(KINDS)}")
     prof = profile if isinstance(profile, ProfileData) else read_profile(profile)
+    if kind == AUTO:
+        return _fit_auto(prof, seed, spec)
     b, s = prof.grid()
     if kind.startswith("lut"):
         base: OpTable | OpRegressor = OpTable.from_frame(prof.ops, f"{prof.path}/ops.csv")
@@ -358,5 +423,28 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
     return pred
 
 
-__all__ = ["Predictor", "OpPredictor", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS",
+def _fit_auto(prof: ProfileData, seed: int, spec: CalibrationSpec) -> OpPredictor:
+    """Both calibrated kinds; per space the base whose calibration layer has the lower cross-validated error
+    (leave-one-architecture-out, on the calibration rows only), the regression unless the table's is
+    :data:`TABLE_MARGIN` lower. The space keeps that kind's coefficients, which were fitted on that base."""
+    fitted = {t: fit(prof, f"{t}+calibration", seed, spec) for t in ("lut", "regression")}
+    layers = {t: p.layers[-1] for t, p in fitted.items()}
+    reg = fitted["regression"]
+    choice, why = {}, {}
+    for s in reg.spaces:
+        name = s["name"]
+        err = {t: layers[t].coef.get(name, {}).get("cv_error") for t in layers}
+        if err["lut"] is None or err["regression"] is None:
+            choice[name] = "regression"
+            continue
+        choice[name] = "lut" if err["lut"] < (1 - TABLE_MARGIN) * err["regression"] else "regression"
+        why[name] = {"base": choice[name], "cv_error_lut": err["lut"], "cv_error_regression": err["regression"]}
+    coef = {name: layers[t].coef[name] for name, t in choice.items() if name in layers[t].coef}
+    layer = Calibration(layers["regression"].role, layers["regression"].spec, coef)
+    base = PerSpaceBase(choice, {t: fitted[t].base for t in set(choice.values())})
+    meta = {**reg.meta, "base_choice": why}
+    return OpPredictor(AUTO, base, [layer], spaces=reg.spaces, grid=reg.grid, profile=reg.profile, meta=meta)
+
+
+__all__ = ["Predictor", "OpPredictor", "PerSpaceBase", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS", "AUTO",
            "DEFAULT_KIND"]

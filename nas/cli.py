@@ -211,7 +211,7 @@ def cmd_fit(args):
 
 
 cmd_fit.arguments(lambda p: (
-    p.add_argument("profile"), p.add_argument("--kind", default=None, help="lut | lut+calibration | regression | regression+calibration (default: regression+calibration)"),
+    p.add_argument("profile"), p.add_argument("--kind", default=None, help="lut | lut+calibration | regression | regression+calibration | auto+calibration (default: auto+calibration: per space, the calibrated table or regression, whichever cross-validates better)"),
     p.add_argument("--from", dest="from_profile", default=None, help="adapt this profile's predictor (few-shot)"),
     p.add_argument("--e2e-only", action="store_true", help="with --from: use only PROFILE's e2e measurements"),
     p.add_argument("--shots", type=int, default=20, help="with --from: at most this many e2e measurements"),

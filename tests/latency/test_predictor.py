@@ -7,6 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
+import latency.predictor as pred_mod
 from latency.evaluate import evaluate
 from latency.predictor import KINDS, fit, load_predictor, predictor_from_dict
 from latency.profile_data import PredictorError, read_profile
@@ -260,3 +261,55 @@ def test_evaluate_plot_never_lands_in_a_shipped_profile(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _default_plot(shipped_root() / "intel-xeon-2c_ort-1.31_t1") == tmp_path / "intel-xeon-2c_ort-1.31_t1_predictor.png"
     assert _default_plot(tmp_path / "mine") == tmp_path / "mine" / "predictor.png"
+
+
+def test_auto_takes_per_space_the_calibrated_kind_that_cross_validates_better(synth_profile, predictors):
+    auto = predictors["auto+calibration"]
+    why = auto.meta["base_choice"]
+    assert set(auto.base.choice) == {"adabert", "nasbert"} == set(why)
+    for space, w in why.items():
+        lut, reg = w["cv_error_lut"], w["cv_error_regression"]
+        assert w["base"] == ("lut" if lut < (1 - pred_mod.TABLE_MARGIN) * reg else "regression")
+        assert lut == predictors["lut+calibration"].layers[-1].coef[space]["cv_error"]
+        assert reg == predictors["regression+calibration"].layers[-1].coef[space]["cv_error"]
+    for arch in _archs():  # each space predicts exactly as the kind it took
+        chosen = predictors[f"{auto.base.choice[arch.space]}+calibration"]
+        for ctx in (CTX, Context(2, 40)):
+            assert auto.predict(arch, ctx) == chosen.predict(arch, ctx)
+    d = auto.to_dict()["base"]  # only the bases some space uses are stored
+    assert d["type"] == "per_space" and set(d) - {"type", "choice"} == set(auto.base.choice.values())
+
+
+def test_auto_keeps_the_regression_on_a_tie_and_the_table_when_clearly_better(synth_profile, monkeypatch):
+    prof = read_profile(synth_profile)
+    monkeypatch.setattr(pred_mod, "TABLE_MARGIN", 1.0)  # the table would need a negative error
+    assert set(fit(prof, "auto+calibration").base.choice.values()) == {"regression"}
+    monkeypatch.setattr(pred_mod, "TABLE_MARGIN", -100.0)  # the table wins unless 100x worse
+    auto = fit(prof, "auto+calibration")
+    assert set(auto.base.choice.values()) == {"lut"} and set(auto.to_dict()["base"]) == {"type", "choice", "lut"}
+    with pytest.raises(PredictorError, match="far outside"):  # a table space extrapolates 2x, not 4x
+        auto.predict(_archs(1)[0], Context(3 * max(auto.grid["batch"]), 32))
+
+
+def test_auto_extrapolates_per_space_as_far_as_its_base_allows(predictors, monkeypatch):
+    auto = predictors["auto+calibration"]
+    base = pred_mod.PerSpaceBase({"adabert": "lut", "nasbert": "regression"},
+                                 {"lut": predictors["lut"].base, "regression": predictors["regression"].base})
+    mixed = pred_mod.OpPredictor(auto.kind, base, auto.layers, spaces=auto.spaces, grid=auto.grid,
+                                 profile=auto.profile, meta=auto.meta)
+    far = Context(3 * max(auto.grid["batch"]), 32)  # 3x beyond the grid: within 4x, beyond 2x
+    ada, nas = _archs(1)
+    with pytest.raises(PredictorError, match="far outside"):
+        mixed.predict(ada, far)
+    assert mixed.predict(nas, far) > 0
+
+
+def test_malformed_per_space_base_is_one_line(predictors, tmp_path):
+    d = predictors["auto+calibration"].to_dict()
+    d["base"]["choice"]["nasbert"] = "forest"
+    with pytest.raises(PredictorError, match="per-space base names.*forest.*refit"):
+        predictor_from_dict(d)
+    d = predictors["auto+calibration"].to_dict()
+    del d["base"][d["base"]["choice"]["adabert"]]
+    with pytest.raises(PredictorError, match="refit"):
+        predictor_from_dict(d)
