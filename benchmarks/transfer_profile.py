@@ -14,8 +14,9 @@ Targets: >= 90 % within +-10 % and Spearman >= 0.95 per Context, in <= 3 minutes
 Run with nothing else running (it measures):
 ``python benchmarks/transfer_profile.py --source profiles/X_t1 --target profiles/X_t2 --target profiles/X_torch``
 
-``--ceilings`` (no measuring) adds, to each row of an existing ``--out`` file, where the transfer's misses come
-from: the same fit with parts of the transfer measurement swapped for the target's full profile (:data:`CEILINGS`).
+``--rejudge`` (no measuring) fits and judges the transfer profiles of an existing ``--out`` file again with this
+hwnas (e.g. after a change of the default predictor kind), and adds where the transfer's misses come from: the same
+fit with parts of the transfer measurement swapped for the target's full profile (:data:`CEILINGS`).
 """
 from __future__ import annotations
 
@@ -67,30 +68,36 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
     t0 = time.perf_counter()
     summary = run_profile(cfg, out_dir / target.name, progress=True)
     new = read_profile(summary["out"])
-    pred = fit_transfer(source, new)
-    pred.save(new.path / "predictor.json")
+    fit_transfer(source, new).save(new.path / "predictor.json")
     wall = time.perf_counter() - t0
     sessions = new.meta.get("sessions", [])
     measured_s = sum(s.get("wall_s") or 0 for s in sessions)
-    src_pred = load_predictor(source.path) if (source.path / "predictor.json").is_file() else fit(source)
-    target = unseen(target, set(new.e2e["arch_json"]))  # judge on architectures the transfer never measured
-    few = [judged(transfer(src_pred, target, shots=20, seed=s), target) for s in (0, 1, 2)]
     row = {
         "source": source.name, "target": target.name, "transfer_profile": str(new.path.relative_to(ROOT))
         if new.path.is_relative_to(ROOT) else str(new.path),
         "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
         "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
-        "transfer": judged(pred, target),
-        "full_profile": judged(fit(target, DEFAULT_KIND), target),
-        "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in KEYS}
-                        for space in few[0]},
+        **judge(source, target, new),
     }
+    print(f"  measured {row['measurement_minutes']} min", flush=True)
+    return row
+
+
+def judge(source, target, new) -> dict:
+    """The transfer's predictor (refitted with this hwnas's default kind), the target's full-profile predictor and
+    the few-shot transfer, judged on the target's test rows of architectures the transfer never measured."""
+    pred = fit_transfer(source, new)
+    src_pred = load_predictor(source.path) if (source.path / "predictor.json").is_file() else fit(source)
+    judge_on = unseen(target, set(new.e2e["arch_json"]))
+    few = [judged(transfer(src_pred, judge_on, shots=20, seed=s), judge_on) for s in (0, 1, 2)]
+    out = {"predictor": pred.kind, "judged": dt.date.today().isoformat(),
+           "transfer": judged(pred, judge_on), "full_profile": judged(fit(target, DEFAULT_KIND), judge_on),
+           "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in KEYS} for space in few[0]}}
     for label in ("transfer", "full_profile", "few_shot_20"):
         print(f"{source.name} -> {target.name} {label:12s} " + "  ".join(
             f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} rho_min={m['spearman_min_ctx']:.3f}"
-            for s, m in row[label].items()), flush=True)
-    print(f"  measured {row['measurement_minutes']} min", flush=True)
-    return row
+            for s, m in out[label].items()), flush=True)
+    return out
 
 
 CEILINGS = {  # name -> (op rows the source table is scaled by, whole-model rows the layer is fitted on)
@@ -140,10 +147,22 @@ def markdown(res: dict) -> str:
         for label, minutes in (("transfer (3-minute)", r["measurement_minutes"]),
                                ("full profile", r.get("full_profile_minutes")), ("few-shot, 20 shots", None)):
             key = {"transfer (3-minute)": "transfer", "full profile": "full_profile"}.get(label, "few_shot_20")
+            kind = f" [{r['predictor']}]" if key == "transfer" and r.get("predictor") else ""
             for space, m in r[key].items():
-                lines.append(f"| {r['source']} -> {r['target']} | {label} | {minutes if minutes is not None else '-'} "
+                lines.append(f"| {r['source']} -> {r['target']} | {label}{kind} | {minutes if minutes is not None else '-'} "
                              f"| {space} | {m['n']} | {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% "
                              f"| {m['mape_pct']:.1f} | {m['spearman_min_ctx']:.3f} / {m['spearman_mean_ctx']:.3f} |")
+    for r in res["rows"]:
+        if not r.get("ceilings"):
+            continue
+        lines += ["", f"Swapped-part fits, {r['source']} -> {r['target']} ({r.get('predictor', '')}; op rows scaling "
+                  "the source table / whole-model rows; CEILINGS in benchmarks/transfer_profile.py):", "",
+                  "| fit | op rows | whole-model rows | space | +-10% | +-5% | rho min per Context |", "|" + "---|" * 7]
+        for name, per in r["ceilings"].items():
+            ops, e2e = CEILINGS[name]
+            for space, m in per.items():
+                lines.append(f"| {name} | {ops} | {e2e} | {space} | {100 * m['within_10_pct']:.0f}% | "
+                             f"{100 * m['within_5_pct']:.0f}% | {m['spearman_min_ctx']:.3f} |")
     return "\n".join(lines)
 
 
@@ -156,18 +175,20 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="the transfer's seed (1: other sampled architectures than "
                     "the full profiles' seed 0)")
     ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
-    ap.add_argument("--ceilings", action="store_true", help="add the swapped-part fits (no measuring) to each row "
-                    "of an existing --out file")
+    ap.add_argument("--rejudge", action="store_true", help="fit and judge the transfer profiles of an existing "
+                    "--out file again, with the swapped-part fits (no measuring)")
     args = ap.parse_args()
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
-    if args.ceilings:
+    if args.rejudge:
         res = json.loads(Path(args.out).read_text())
         source = read_profile(args.source or ROOT / "profiles" / res["source"])
         for row in res["rows"]:
             target = read_profile(ROOT / "profiles" / row["target"])
-            row["ceilings"] = ceilings(source, target, read_profile(ROOT / row["transfer_profile"]))
+            new = read_profile(ROOT / row["transfer_profile"])
+            row.update(judge(source, target, new))
+            row["ceilings"] = ceilings(source, target, new)
             for name, m in row["ceilings"].items():
                 print(f"{row['target']} {name:36s} " + "  ".join(
                     f"{s}: 10%={v['within_10_pct']:.0%} 5%={v['within_5_pct']:.0%} rho_min={v['spearman_min_ctx']:.3f}"

@@ -48,7 +48,12 @@ def fit_cli(args) -> int:
         res = evaluate(pred, prof)
         summary["test"] = {s: {k: r["all"][k] for k in ("n", "within_10_pct", "within_5_pct", "mape_pct")}
                            for s, r in res.items()}
+    choice = pred.meta.get("base_choice") or {}
+    if choice:
+        summary["base_choice"] = choice
     lines = [f"wrote {out} ({pred.kind})"] + [
+        f"  {s}: per-op base {'table' if c['base'] == 'lut' else c['base']} (cross-validated error: table {c['cv_error_lut']:.4f}, regression "
+        f"{c['cv_error_regression']:.4f})" for s, c in sorted(choice.items())] + [
         f"  held-out {s}: n={m['n']} within10={m['within_10_pct']:.1%} within5={m['within_5_pct']:.1%} "
         f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()]
     _emit(summary, args.json, "\n".join(lines))
