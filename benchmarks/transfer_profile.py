@@ -150,7 +150,7 @@ def markdown(res: dict) -> str:
             kind = f" [{r['predictor']}]" if key == "transfer" and r.get("predictor") else ""
             for space, m in r[key].items():
                 lines.append(f"| {r['source']} -> {r['target']} | {label}{kind} | {minutes if minutes is not None else '-'} "
-                             f"| {space} | {m['n']} | {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% "
+                             f"| {space} | {int(m['n'])} | {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% "
                              f"| {m['mape_pct']:.1f} | {m['spearman_min_ctx']:.3f} / {m['spearman_mean_ctx']:.3f} |")
     for r in res["rows"]:
         if not r.get("ceilings"):
