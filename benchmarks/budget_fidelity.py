@@ -79,24 +79,14 @@ def _diffs(a: list[float], b: list[float]) -> dict:
     return {k: v for k, v in retest_agreement(a, b).items() if k != "within_2pct"}
 
 
-def profile_agreement(prof, backend: dict, protocol, n: int, seed: int) -> dict | None:
-    """``n`` of the profile's test-split whole-model rows, each re-measured by one ``hwnas measure`` call:
-    do one call and the profile agree?"""
-    from latency.measure import measure_arch
-    from nas.arch import Architecture
+def profile_agreement(prof, n: int, seed: int) -> dict | None:
+    """``n`` of the profile's test-split whole-model rows, each re-measured by one ``hwnas measure`` call
+    (:func:`latency.measure.recheck`): do one call and the profile agree?"""
+    from latency.measure import recheck
 
     if n <= 0 or prof.e2e is None:
         return None
-    test = prof.e2e[prof.e2e["split"] == "test"]
-    rows = test.sample(n=min(n, len(test)), random_state=seed)
-    first, second = [], []
-    for _, r in rows.iterrows():
-        m = measure_arch(Architecture.from_json(r["arch_json"]), Context(int(r["batch"]), int(r["seq_len"])),
-                         backend=backend["name"], device=backend.get("device", "cpu"), threads=int(backend["threads"]),
-                         protocol=protocol)
-        first.append(float(r["latency_p50_ms"]))
-        second.append(m["latency_p50_ms"])
-    return _diffs(first, second)
+    return {k: v for k, v in recheck(prof, n, seed).items() if k != "rows"}
 
 
 def drift_adjusted(rows: list[dict], agreement: dict | None) -> dict | None:
@@ -127,6 +117,8 @@ def main() -> int:
     ap.add_argument("--measure-core", type=int, default=None, help="pin to this core for the measurements only")
     ap.add_argument("--kind", default=None, help="predictor kind (default: PROFILE/predictor.json, else the default)")
     ap.add_argument("--agreement", type=int, default=24, help="profile rows re-measured by one `hwnas measure` call")
+    ap.add_argument("--recheck", type=int, default=0, help="first re-measure this many of the profile's rows and "
+                    "let the predictor carry the speed factor (`hwnas recheck --apply`, in memory) before searching")
     ap.add_argument("--contexts", default=None,
                     help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
@@ -156,6 +148,21 @@ def main() -> int:
     else:
         pred = load_predictor(prof.path, prof) if (prof.path / "predictor.json").is_file() else fit(prof, DEFAULT_KIND)
     backend = prof.meta["backend"]
+    rechecked = None
+    if args.recheck:  # measured on the measuring core, then the searches go back to this process's cores
+        import datetime as dt
+
+        from latency.measure import recheck
+
+        cores = os.sched_getaffinity(0)
+        if args.measure_core is not None:
+            os.sched_setaffinity(0, {args.measure_core})
+        r = recheck(prof, args.recheck, args.seed + 1)  # other rows than --agreement's
+        os.sched_setaffinity(0, cores)
+        pred.set_speed(r, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        rechecked = {k: v for k, v in r.items() if k != "rows"}
+        print(f"rechecked {r['n']} rows: {r['median_signed_diff_pct']:+.2f} % against the profile; predictions x "
+              f"{r['factor']:.4f}", flush=True)
     plan = []
     for cover in pred.spaces:
         space = pred.space(cover["name"])
@@ -199,7 +206,7 @@ def main() -> int:
                               threads=int(backend["threads"]), protocol=protocol,
                               num_labels=plan[i][0]["num_labels"])["latency_p50_ms"] for i in range(len(plan))}
     # the profile's own whole-model rows, each re-measured by one `hwnas measure` call
-    agreement = profile_agreement(prof, backend, protocol, args.agreement, args.seed)
+    agreement = profile_agreement(prof, args.agreement, args.seed)
     rows = []
     for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s) in enumerate(plan):
         meas = stats[i]["latency_p50_ms"]
@@ -216,7 +223,7 @@ def main() -> int:
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
     busy = pinned_to(args.measure_core) if args.measure_core is not None else []
     ok = sum(r["within_target"] for r in rows)
-    result = {"profile": prof.name, "backend": backend, "predictor": pred.kind,
+    result = {"profile": prof.name, "backend": backend, "predictor": pred.kind, "recheck_before_search": rechecked,
               "target": "0.90 * budget <= measured <= 1.05 * budget", "within_target": ok, "total": len(rows),
               "max_over_budget_pct": max(r["measured_over_budget_pct"] for r in rows),
               "min_over_budget_pct": min(r["measured_over_budget_pct"] for r in rows),

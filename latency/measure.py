@@ -176,6 +176,41 @@ def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANC
             "minutes) and search with NEW")
 
 
+RECHECK_MAX = 0.15  # a recheck farther off than this is not drift but another machine: re-profile instead
+
+
+def recheck(prof, n: int = 16, seed: int = 0) -> dict:
+    """``n`` of the profile's ``test``-split whole-model rows re-measured now, one :func:`measure_arch` call each with
+    the profile's backend, threads and protocol: how this machine runs today against the day it was profiled.
+
+    Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor, rows}``
+    with ``factor = 1 + median_signed_diff_pct / 100`` (what the profile's latencies are to be multiplied by) and
+    ``rows`` the pairs (profile ms, now ms). A VM's speed can drift by several percent over hours
+    (``benchmarks/README.md``: 6-7 % within three hours on the Zen 5 host); a search aims at a budget, so a predictor
+    can carry this factor (:meth:`latency.predictor.Predictor.with_speed`, ``hwnas recheck --apply``).
+    """
+    from latency.profile_data import PredictorError
+    from latency.stats import Protocol, retest_agreement
+    from nas.arch import Architecture
+
+    if n < 1:
+        raise PredictorError(f"--rows must be at least 1, got {n}")
+    test = prof.e2e[prof.e2e["split"] == "test"] if prof.e2e is not None else None
+    if test is None or test.empty:
+        raise PredictorError(f"{prof.path} has no test-split whole-model rows to re-measure; profile with `--e2e N`")
+    backend = prof.meta["backend"]
+    protocol = Protocol.from_dict(prof.meta["protocol"])
+    pairs = []
+    for _, r in test.sample(n=min(n, len(test)), random_state=seed).iterrows():
+        m = measure_arch(Architecture.from_json(r["arch_json"]), Context(int(r["batch"]), int(r["seq_len"])),
+                         backend=backend["name"], device=backend.get("device", "cpu"),
+                         threads=int(backend["threads"]), protocol=protocol)
+        pairs.append((float(r["latency_p50_ms"]), float(m["latency_p50_ms"])))
+    agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
+             if k != "within_2pct"}
+    return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "rows": pairs}
+
+
 def check_context(space, ctx: Context) -> None:
     """Refuse a Context the space's position table cannot hold, or a non-positive one."""
     from nas.errors import HwnasError

@@ -88,6 +88,20 @@ class Predictor(abc.ABC):
 
     far_factor: float = 2.0
 
+    @property
+    def speed(self) -> float:
+        """This machine's speed now against the profile's (``meta.speed.factor``, written by ``hwnas recheck
+        --apply``): every op cost and the overhead are multiplied by it, so predictions and the search's cost
+        tensors follow the machine's drift. 1 when never rechecked; a refit drops it."""
+        return float((self.meta.get("speed") or {}).get("factor", 1.0))
+
+    def set_speed(self, check: dict, when: str) -> None:
+        """Carry a :func:`latency.measure.recheck` result (its ``factor``) from now on."""
+        self.meta["speed"] = {"factor": round(float(check["factor"]), 5), "checked": when, "rows": check["n"],
+                              "median_abs_diff_pct": check.get("median_abs_diff_pct"),
+                              "how": "median of now / profile over the profile's test rows re-measured by one "
+                                     "`hwnas measure` call each (`hwnas recheck --apply`)"}
+
     def far_factor_of(self, space: str | None) -> float:
         """How far outside the grid (a factor) predictions for ``space`` may extrapolate."""
         return self.far_factor
@@ -278,10 +292,10 @@ class OpPredictor(Predictor):
             if len(self._cache) > 256:
                 self._cache.clear()
             self._cache[key] = self._through(space, specs, ctx, len(self.layers))
-        return self._cache[key]
+        return self._cache[key] * self.speed
 
     def overhead_ms(self, space: str, ctx: Context, weights_mb: float = 0.0) -> float:
-        return self._overhead(space, ctx, len(self.layers), weights_mb)
+        return self._overhead(space, ctx, len(self.layers), weights_mb) * self.speed
 
     def knees_mb(self, space: str) -> list[float]:
         return [k for layer in self.layers if (k := layer.knee_mb(space)) is not None]
@@ -343,6 +357,12 @@ def predictor_from_dict(d: Any, source: str = "predictor.json") -> Predictor:
             p.space(s["name"])
         except PredictorError as e:
             raise PredictorError(f"{source}: {e}") from None
+    from latency.measure import RECHECK_MAX
+
+    speed = (p.meta.get("speed") or {}).get("factor", 1.0)
+    if not isinstance(speed, (int, float)) or not 1 / (1 + RECHECK_MAX) <= speed <= 1 + RECHECK_MAX:
+        raise PredictorError(f"{source}: speed factor {speed!r} is not a recheck's (within {RECHECK_MAX:.0%} of 1); "
+                             f"recheck with `hwnas recheck PROFILE --apply` or refit with `hwnas fit`")
     return p
 
 

@@ -60,6 +60,35 @@ def fit_cli(args) -> int:
     return 0
 
 
+def recheck_cli(args) -> int:
+    """``hwnas recheck PROFILE [--rows N] [--apply] [--json]``: re-measure some of the profile's whole-model rows now;
+    with ``--apply``, write the speed factor into ``PROFILE/predictor.json``."""
+    import datetime as dt
+
+    from latency.measure import RECHECK_MAX, recheck
+    from latency.predictor import load_predictor
+
+    prof = read_profile(args.profile)
+    pred = load_predictor(prof.path, prof)  # refuses a missing or stale predictor before anything is measured
+    r = recheck(prof, args.rows, args.seed)
+    drift = r["median_signed_diff_pct"]
+    summary = {k: v for k, v in r.items() if k != "rows"} | {"profile": str(prof.path), "applied": False}
+    if abs(r["factor"] - 1) > RECHECK_MAX:
+        raise PredictorError(f"{prof.path}'s whole models run {drift:+.1f} % (median of {r['n']}) against the profile: "
+                             f"not drift but another machine or setup; profile this one (`hwnas profile "
+                             f"--transfer-from {prof.path} --out NEW`)")
+    if args.apply:
+        pred.set_speed(r, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        pred.save(prof.path / "predictor.json")
+        summary["applied"] = True
+    lines = [f"{prof.name}: {r['n']} whole-model rows re-measured: {drift:+.2f} % against the profile (median; "
+             f"|diff| median {r['median_abs_diff_pct']:.2f} %, p90 {r['p90_abs_diff_pct']:.2f} %)",
+             f"wrote speed factor {r['factor']:.4f} into {prof.path / 'predictor.json'}" if args.apply else
+             f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
+    _emit(summary, args.json, "\n".join(lines))
+    return 0
+
+
 def fit_transfer_again(prof, kind: str | None):
     """Refit a ``--transfer-from`` profile's predictor: from its source profile, which must be unchanged."""
     from latency.profile_data import data_hash, profile_hash
@@ -101,7 +130,10 @@ def predict_cli(args) -> int:
         quiet.setLevel(level)
     obj = {"latency_ms": ms, "predictor": pred.kind, "batch": ctx.batch, "seq_len": ctx.seq_len,
            "space": arch.space, "profile": str(prof_dir), "warnings": notes}
-    _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len})")
+    speed = f", speed x{pred.speed:.3f} since {pred.meta['speed']['checked']}" if pred.speed != 1.0 else ""
+    if speed:
+        obj["speed"] = pred.meta["speed"]
+    _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len}{speed})")
     for n in notes if not args.json else []:
         print(f"hwnas: warning: {n}", file=sys.stderr)
     return 0

@@ -74,6 +74,7 @@ def transfer(source: Predictor, new: ProfileData, shots: int = 20, seed: int = 0
         raise PredictorError("few-shot transfer needs a per-op predictor as the source")
     pred = predictor_from_dict(source.to_dict())
     assert isinstance(pred, OpPredictor)
+    pred.meta.pop("speed", None)  # the source machine's drift is no business of the new device's
     new_spaces = {s["name"] for s in new.spaces()}
     missing = new_spaces - {s["name"] for s in pred.spaces}
     if missing:

@@ -218,6 +218,20 @@ cmd_fit.arguments(lambda p: (
     _add_json(p)))
 
 
+@command("recheck", "Re-measure some of a profile's whole models now; --apply makes its predictor follow the drift.",
+         "hwnas recheck profiles/mycpu --rows 16 --apply")
+def cmd_recheck(args):
+    return _delegate("latency.predictor_cli", "recheck_cli", args)
+
+
+cmd_recheck.arguments(lambda p: (
+    p.add_argument("profile"),
+    p.add_argument("--rows", type=int, default=16, help="test-split whole-model rows to re-measure (default 16)"),
+    p.add_argument("--seed", type=int, default=0, help="which rows"),
+    p.add_argument("--apply", action="store_true", help="write the speed factor into PROFILE/predictor.json"),
+    _add_json(p)))
+
+
 @command("predict", "Predict an architecture's latency on a profiled device.",
          "hwnas predict profiles/mycpu arch.json --batch 1 --seq-len 128 --json")
 def cmd_predict(args):

@@ -313,3 +313,29 @@ def test_malformed_per_space_base_is_one_line(predictors, tmp_path):
     del d["base"][d["base"]["choice"]["adabert"]]
     with pytest.raises(PredictorError, match="refit"):
         predictor_from_dict(d)
+
+
+def test_a_speed_factor_scales_predictions_and_cost_tensors_and_survives_a_save(predictors, tmp_path):
+    from latency.loss import expected_latency, one_hot_weights
+
+    pred = predictor_from_dict(predictors["auto+calibration"].to_dict())
+    archs = _archs(3)
+    before = [pred.predict(a, CTX) for a in archs]
+    pred.set_speed({"factor": 1.07, "n": 16, "median_abs_diff_pct": 7.0}, "2026-12-05T06:30:00+00:00")
+    for a, b in zip(archs, before):
+        assert pred.predict(a, CTX) == pytest.approx(1.07 * b, rel=1e-12)
+        space = pred.space(a.space)
+        e = float(expected_latency(one_hot_weights(space, space.indices(a)), pred.cost_matrix(space, CTX)))
+        assert e == pytest.approx(pred.predict(a, CTX), rel=1e-12)
+    back = load_predictor(pred.save(tmp_path / "predictor.json"))
+    assert back.speed == 1.07 and back.predict(archs[0], CTX) == pred.predict(archs[0], CTX)
+    d = pred.to_dict()
+    d["meta"]["speed"]["factor"] = 1.5  # not drift: another machine
+    with pytest.raises(PredictorError, match="speed factor 1.5.*recheck"):
+        predictor_from_dict(d)
+
+
+def test_few_shot_transfer_drops_the_sources_speed_factor(predictors, synth_profile_fast):
+    src = predictor_from_dict(predictors["lut+calibration"].to_dict())
+    src.set_speed({"factor": 1.1, "n": 16}, "2026-12-05T06:30:00+00:00")
+    assert transfer(src, read_profile(synth_profile_fast), shots=20).speed == 1.0

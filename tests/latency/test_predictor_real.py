@@ -81,3 +81,48 @@ def test_measure_against_a_profile_reports_its_prediction_and_warns_when_far_off
     r = json.loads(capsys.readouterr().out)
     assert r["predicted_latency_ms"] == pytest.approx(predicted)
     assert r["measured_vs_predicted"] == pytest.approx(r["latency_p50_ms"] / predicted)
+
+
+def test_recheck_measures_the_profiles_rows_and_applies_a_speed_factor(real_tiny_profile, tmp_path, capsys):
+    """``hwnas recheck`` re-measures test rows with the profile's protocol; ``--apply`` writes the factor into
+    ``predictor.json`` and every prediction follows it; a refit drops it; a factor far from 1 is refused."""
+    import shutil
+
+    from latency.measure import recheck
+    from latency.profile_data import read_profile
+
+    prof_dir = tmp_path / "p"
+    shutil.copytree(real_tiny_profile, prof_dir)
+    assert main(["fit", str(prof_dir)]) == 0
+    arch = get_space("adabert", "tiny").sample(3)
+    before = load_predictor(prof_dir).predict(arch, Context(1, 32))
+    capsys.readouterr()
+    assert main(["recheck", str(prof_dir), "--rows", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 3 and out["applied"] is False and out["factor"] == pytest.approx(
+        1 + out["median_signed_diff_pct"] / 100)
+    assert load_predictor(prof_dir).speed == 1.0  # without --apply nothing is written
+    assert main(["recheck", str(prof_dir), "--rows", "3", "--apply", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pred = load_predictor(prof_dir)
+    assert out["applied"] and pred.speed == pytest.approx(out["factor"], abs=1e-5)
+    assert pred.predict(arch, Context(1, 32)) == pytest.approx(before * pred.speed, rel=1e-9)
+    r = recheck(read_profile(prof_dir), 2, seed=1)
+    assert r["n"] == 2 and len(r["rows"]) == 2 and all(a > 0 and b > 0 for a, b in r["rows"])
+    assert main(["fit", str(prof_dir)]) == 0 and load_predictor(prof_dir).speed == 1.0
+
+
+def test_recheck_bad_input_is_one_line(real_tiny_profile, tmp_path, capsys):
+    import shutil
+
+    prof_dir = tmp_path / "p"
+    shutil.copytree(real_tiny_profile, prof_dir)
+    (prof_dir / "predictor.json").unlink(missing_ok=True)
+    capsys.readouterr()
+    assert main(["recheck", str(prof_dir), "--rows", "2"]) == 2  # no predictor: nothing is measured
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hwnas fit" in err[0]
+    assert main(["fit", str(prof_dir)]) == 0
+    capsys.readouterr()
+    assert main(["recheck", str(prof_dir), "--rows", "0"]) == 2
+    assert "--rows must be at least 1" in capsys.readouterr().err
