@@ -21,6 +21,9 @@ the most parameters; budgets above its latency do not bind, so it is the top of 
 Also: ``--agreement N`` of the profile's own test-split whole-model rows re-measured by one ``hwnas measure``
 call each (does one call agree with the profile?).
 
+``--recheck N``: before searching, N other test rows re-measured the same way give this machine's speed against
+the profile's day, which the predictor then carries (``hwnas recheck --apply``, in memory; ``recheck_before_search``).
+
 Target: every measured latency within +5% of its budget and no more than 10% below it. Beside it,
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
 signed difference) divided out.
