@@ -47,6 +47,9 @@ KINDS = ("lut", "lut+calibration", "regression", "regression+calibration", AUTO)
 DEFAULT_KIND = AUTO  # chosen by measured accuracy: see README "Predictors"
 TABLE_MARGIN = 0.02  # auto: a space takes the table only when its calibration's cross-validated error is this much
 # (relative) below the regression's; on a tie the regression, which also covers widths and Contexts the table lacks
+AUTO_MIN_ARCHS = 8  # auto: fewer calibration architectures in a space than this and it keeps the regression (leaving
+# one of 4 out is too noisy to choose between two fits: on the demo's quick profile the table won that way and lost
+# on the held-out rows)
 FAR_FACTOR = {"lut": 2.0, "regression": 4.0}  # beyond this factor outside the grid, refuse to extrapolate
 
 
@@ -446,10 +449,13 @@ def fit(profile: str | os.PathLike | ProfileData, kind: str | None = None, seed:
 def _fit_auto(prof: ProfileData, seed: int, spec: CalibrationSpec) -> OpPredictor:
     """Both calibrated kinds; per space the base whose calibration layer has the lower cross-validated error
     (leave-one-architecture-out, on the calibration rows only), the regression unless the table's is
-    :data:`TABLE_MARGIN` lower. The space keeps that kind's coefficients, which were fitted on that base."""
+    :data:`TABLE_MARGIN` lower and the space has :data:`AUTO_MIN_ARCHS` calibration architectures. The space keeps
+    that kind's coefficients, which were fitted on that base."""
     fitted = {t: fit(prof, f"{t}+calibration", seed, spec) for t in ("lut", "regression")}
     layers = {t: p.layers[-1] for t, p in fitted.items()}
     reg = fitted["regression"]
+    cal = prof.e2e_split("calibration")
+    archs = cal.groupby("space")["arch_json"].nunique().to_dict() if len(cal) else {}
     choice, why = {}, {}
     for s in reg.spaces:
         name = s["name"]
@@ -457,8 +463,10 @@ def _fit_auto(prof: ProfileData, seed: int, spec: CalibrationSpec) -> OpPredicto
         if err["lut"] is None or err["regression"] is None:
             choice[name] = "regression"
             continue
-        choice[name] = "lut" if err["lut"] < (1 - TABLE_MARGIN) * err["regression"] else "regression"
-        why[name] = {"base": choice[name], "cv_error_lut": err["lut"], "cv_error_regression": err["regression"]}
+        enough = archs.get(name, 0) >= AUTO_MIN_ARCHS
+        choice[name] = "lut" if enough and err["lut"] < (1 - TABLE_MARGIN) * err["regression"] else "regression"
+        why[name] = {"base": choice[name], "cv_error_lut": err["lut"], "cv_error_regression": err["regression"],
+                     "calibration_archs": int(archs.get(name, 0))}
     coef = {name: layers[t].coef[name] for name, t in choice.items() if name in layers[t].coef}
     layer = Calibration(layers["regression"].role, layers["regression"].spec, coef)
     base = PerSpaceBase(choice, {t: fitted[t].base for t in set(choice.values())})

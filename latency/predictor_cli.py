@@ -52,12 +52,22 @@ def fit_cli(args) -> int:
     if choice:
         summary["base_choice"] = choice
     lines = [f"wrote {out} ({pred.kind})"] + [
-        f"  {s}: per-op base {'table' if c['base'] == 'lut' else c['base']} (cross-validated error: table {c['cv_error_lut']:.4f}, regression "
-        f"{c['cv_error_regression']:.4f})" for s, c in sorted(choice.items())] + [
+        f"  {s}: per-op base {'table' if c['base'] == 'lut' else c['base']} (cross-validated error: table "
+        f"{c['cv_error_lut']:.4f}, regression {c['cv_error_regression']:.4f}"
+        f"{few if (few := _few(c)) else ''})" for s, c in sorted(choice.items())] + [
         f"  held-out {s}: n={m['n']} within10={m['within_10_pct']:.1%} within5={m['within_5_pct']:.1%} "
         f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()]
     _emit(summary, args.json, "\n".join(lines))
     return 0
+
+
+def _few(c: dict) -> str:
+    """The note when a space had too few calibration architectures for the table to be chosen."""
+    from latency.predictor import AUTO_MIN_ARCHS
+
+    n = c.get("calibration_archs")
+    return f"; {n} calibration architectures, under {AUTO_MIN_ARCHS}: the regression" if n is not None and \
+        n < AUTO_MIN_ARCHS else ""
 
 
 def recheck_cli(args) -> int:

@@ -289,6 +289,9 @@ def test_auto_keeps_the_regression_on_a_tie_and_the_table_when_clearly_better(sy
     assert set(auto.base.choice.values()) == {"lut"} and set(auto.to_dict()["base"]) == {"type", "choice", "lut"}
     with pytest.raises(PredictorError, match="far outside"):  # a table space extrapolates 2x, not 4x
         auto.predict(_archs(1)[0], Context(3 * max(auto.grid["batch"]), 32))
+    n = min(w["calibration_archs"] for w in auto.meta["base_choice"].values())
+    monkeypatch.setattr(pred_mod, "AUTO_MIN_ARCHS", n + 1)  # too few architectures to choose by: the regression
+    assert set(fit(prof, "auto+calibration").base.choice.values()) == {"regression"}
 
 
 def test_auto_extrapolates_per_space_as_far_as_its_base_allows(predictors, monkeypatch):
