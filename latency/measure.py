@@ -180,14 +180,16 @@ RECHECK_MAX = 0.15  # a recheck farther off than this is not drift but another m
 
 
 def recheck(prof, n: int = 16, seed: int = 0) -> dict:
-    """``n`` of the profile's ``test``-split whole-model rows re-measured now, one :func:`measure_arch` call each with
-    the profile's backend, threads and protocol: how this machine runs today against the day it was profiled.
+    """``n`` of the profile's ``test``-split whole-model rows (a transfer profile's, which has none: its calibration
+    rows) re-measured now, one :func:`measure_arch` call each with the profile's backend, threads and protocol: how
+    this machine runs today against the day it was profiled.
 
     Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor, rows}``
     with ``factor = 1 + median_signed_diff_pct / 100`` (what the profile's latencies are to be multiplied by) and
-    ``rows`` the pairs (profile ms, now ms). A VM's speed can drift by several percent over hours
-    (``benchmarks/README.md``: 6-7 % within three hours on the Zen 5 host); a search aims at a budget, so a predictor
-    can carry this factor (:meth:`latency.predictor.Predictor.with_speed`, ``hwnas recheck --apply``).
+    ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
+    the Zen 5 VM read 5-7 % slower than its profile two to three hours later, in states that flip within minutes); a
+    search aims at a budget, so a predictor can carry this factor (:meth:`latency.predictor.Predictor.set_speed`,
+    ``hwnas recheck --apply``).
     """
     from latency.profile_data import PredictorError
     from latency.stats import Protocol, retest_agreement
@@ -195,9 +197,10 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
 
     if n < 1:
         raise PredictorError(f"--rows must be at least 1, got {n}")
-    test = prof.e2e[prof.e2e["split"] == "test"] if prof.e2e is not None else None
-    if test is None or test.empty:
-        raise PredictorError(f"{prof.path} has no test-split whole-model rows to re-measure; profile with `--e2e N`")
+    if prof.e2e is None or prof.e2e.empty:
+        raise PredictorError(f"{prof.path} has no whole-model rows to re-measure; profile with `--e2e N`")
+    test = prof.e2e[prof.e2e["split"] == "test"]
+    test = test if len(test) else prof.e2e
     backend = prof.meta["backend"]
     protocol = Protocol.from_dict(prof.meta["protocol"])
     pairs = []

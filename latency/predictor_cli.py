@@ -66,8 +66,9 @@ def _few(c: dict) -> str:
     from latency.predictor import AUTO_MIN_ARCHS
 
     n = c.get("calibration_archs")
-    return f"; {n} calibration architectures, under {AUTO_MIN_ARCHS}: the regression" if n is not None and \
-        n < AUTO_MIN_ARCHS else ""
+    if n is None or n >= AUTO_MIN_ARCHS:
+        return ""
+    return f"; {n} calibration architectures, under {AUTO_MIN_ARCHS}: the regression"
 
 
 def recheck_cli(args) -> int:
