@@ -160,7 +160,7 @@ def main() -> int:
         cores = os.sched_getaffinity(0)
         if args.measure_core is not None:
             os.sched_setaffinity(0, {args.measure_core})
-        r = recheck(prof, args.recheck, args.seed + 1)  # other rows than --agreement's
+        r = recheck(prof, args.recheck, args.seed + 1)  # another sample than --agreement's
         os.sched_setaffinity(0, cores)
         pred.set_speed(r, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         rechecked = {k: v for k, v in r.items() if k != "rows"}

@@ -132,11 +132,11 @@ def ceilings(source, target, new) -> dict:
         picked = f[[(int(x), int(y)) in ctx for x, y in zip(f["batch"], f["seq_len"])]]
         return picked if which == "full@transfer" else pd.concat([frame[0], picked])
 
-    judge = unseen(target, set(new.e2e["arch_json"]))
+    judge_on = unseen(target, set(new.e2e["arch_json"]))
     out = {}
     for name, (ops, e2e) in CEILINGS.items():
         mixed = ProfileData(new.path, new.meta, rows("op", ops), rows("e2e", e2e))
-        out[name] = judged(fit_transfer(source, mixed), judge)
+        out[name] = judged(fit_transfer(source, mixed), judge_on)
     return out
 
 

@@ -236,11 +236,12 @@ class PerSpaceBase:
     @staticmethod
     def from_dict(d: dict) -> PerSpaceBase:
         choice = {str(k): str(v) for k, v in d["choice"].items()}
-        bad = sorted({v for v in choice.values()} - {"lut", "regression"} | {v for v in choice.values()} - set(d))
+        used = set(choice.values())
+        bad = sorted((used - {"lut", "regression"}) | (used - set(d)))
         if bad:
             raise PredictorError(f"predictor.json: per-space base names {bad}, which it does not hold; refit with "
                                  f"`hwnas fit`")
-        return PerSpaceBase(choice, {t: _base_from_dict(d[t]) for t in set(choice.values())})
+        return PerSpaceBase(choice, {t: _base_from_dict(d[t]) for t in used})
 
 
 def _base_from_dict(d: dict) -> OpTable | OpRegressor | PerSpaceBase:
@@ -362,7 +363,8 @@ def predictor_from_dict(d: Any, source: str = "predictor.json") -> Predictor:
             raise PredictorError(f"{source}: {e}") from None
     from latency.measure import RECHECK_MAX
 
-    speed = (p.meta.get("speed") or {}).get("factor", 1.0)
+    speed = p.meta.get("speed")
+    speed = speed.get("factor", 1.0) if isinstance(speed, dict) else 1.0 if speed is None else speed
     if not isinstance(speed, (int, float)) or not 1 / (1 + RECHECK_MAX) <= speed <= 1 + RECHECK_MAX:
         raise PredictorError(f"{source}: speed factor {speed!r} is not a recheck's (within {RECHECK_MAX:.0%} of 1); "
                              f"recheck with `hwnas recheck PROFILE --apply` or refit with `hwnas fit`")

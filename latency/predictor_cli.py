@@ -141,7 +141,7 @@ def predict_cli(args) -> int:
         quiet.setLevel(level)
     obj = {"latency_ms": ms, "predictor": pred.kind, "batch": ctx.batch, "seq_len": ctx.seq_len,
            "space": arch.space, "profile": str(prof_dir), "warnings": notes}
-    speed = f", speed x{pred.speed:.3f} since {pred.meta['speed']['checked']}" if pred.speed != 1.0 else ""
+    speed = f", speed x{pred.speed:.3f} since {pred.meta['speed'].get('checked')}" if pred.speed != 1.0 else ""
     if speed:
         obj["speed"] = pred.meta["speed"]
     _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len}{speed})")

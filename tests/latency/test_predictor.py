@@ -336,6 +336,9 @@ def test_a_speed_factor_scales_predictions_and_cost_tensors_and_survives_a_save(
     d["meta"]["speed"]["factor"] = 1.5  # not drift: another machine
     with pytest.raises(PredictorError, match="speed factor 1.5.*recheck"):
         predictor_from_dict(d)
+    d["meta"]["speed"] = "fast"  # hand-edited into something else: one line too
+    with pytest.raises(PredictorError, match="speed factor 'fast'.*recheck"):
+        predictor_from_dict(d)
 
 
 def test_few_shot_transfer_drops_the_sources_speed_factor(predictors, synth_profile_fast):
