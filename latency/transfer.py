@@ -1,11 +1,10 @@
 """Transfer to a new device: a few minutes of measurement there instead of a full profile.
 
 ``hwnas profile --transfer-from SRC --out NEW`` (:func:`transfer_config`, :func:`fit_transfer`) times every op of
-SRC's spaces at the four corners of SRC's Context grid, and a few whole architectures (the homogeneous ones and
-:data:`TRANSFER_E2E` sampled ones per space) at :func:`e2e_contexts`: three corners and the grid's middle, not the
-largest corner, which alone took a third of the measurement. The new device's op table is SRC's, each op scaled
-by its own measured ratio (interpolated between the corners), and a calibration layer is fitted on the new
-whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
+SRC's spaces at the corners and the middles of SRC's Context grid (:func:`op_axis`: 3 x 3 Contexts on the default
+grid), and a few whole architectures (the homogeneous ones and :data:`TRANSFER_E2E` sampled ones per space) at
+:func:`e2e_contexts`, three small Contexts. The new device's op table is SRC's, each op scaled by its own measured
+ratio (interpolated between the Contexts measured), and a calibration layer is fitted on the new whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
 one layer on a handful of whole-model rows only (``hwnas fit NEW --from SRC --e2e-only``).
 
 Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
@@ -115,15 +114,33 @@ def middle(values: list[int]) -> int:
     return v[len(v) // 2]
 
 
+def op_axis(values: list[int]) -> tuple[int, ...]:
+    """Where along a grid axis a transfer measurement times the ops: its ends and its middle.
+
+    Between the ends alone the ratio new / source does not follow a straight line in log size: on the Zen 5 host
+    torch's MHA at batch 32 x seq_len 128 came out 24 % above the torch table, a convolution at batch 8 x seq_len 256
+    26 % (onnxruntime -> torch). With the middles too (3 x 3 Contexts instead of 2 x 2, about 40 s more on 2
+    cores), replayed on five transfer measurements, held-out whole models within +-10 % rose from 83 % / 81 % to
+    88 % / 91 % (AdaBERT / NAS-BERT; ``benchmarks/README.md``).
+
+    >>> op_axis([1, 8, 32]), op_axis([32, 64, 128, 256]), op_axis([16, 32]), op_axis([64])
+    ((1, 8, 32), (32, 128, 256), (16, 32), (64,))
+    """
+    return tuple(sorted({*corners(values), middle(values)}))
+
+
 def e2e_contexts(batch: list[int], seq_len: list[int]) -> tuple[tuple[int, int], ...]:
-    """Where a transfer measurement times whole models: the corners of the grid but the largest, and its middle.
+    """Where a transfer measurement times whole models: both seq_len ends at the smallest batch, and the smallest
+    seq_len at the middle batch. The calibration is smooth in the Context (:data:`TRANSFER_SPEC`), so three
+    Contexts that span both axes fix it; in replays on five transfer measurements these three predicted as well as
+    three corners and the grid's middle (89 % / 90 % against 86 % / 92 % within +-10 %) in half the time.
 
     >>> e2e_contexts([1, 8, 32], [32, 64, 128, 256])
-    ((1, 32), (1, 256), (32, 32), (8, 128))
+    ((1, 32), (1, 256), (8, 32))
     """
-    out = [(b, s) for b in corners(batch) for s in corners(seq_len) if (b, s) != (max(batch), max(seq_len))]
-    mid = (middle(batch), middle(seq_len))
-    return tuple(out + ([mid] if mid not in out else []))
+    b, s = sorted(batch), sorted(seq_len)
+    out = [(b[0], s[0]), (b[0], s[-1]), (middle(b), s[0])]
+    return tuple(dict.fromkeys(out))
 
 
 def check_source(src: ProfileData, device: str) -> None:
@@ -151,8 +168,9 @@ def check_source(src: ProfileData, device: str) -> None:
 
 def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e2e: int | None = None,
                     seed: int = 0):
-    """The short measurement of a new device: every op of the source's spaces at the corners of its grid, and
-    a few whole architectures (sampled and homogeneous) at :func:`e2e_contexts`, all for calibration."""
+    """The short measurement of a new device: every op of the source's spaces at the corners and middles of its
+    grid (:func:`op_axis`), and a few whole architectures (sampled and homogeneous) at :func:`e2e_contexts`, all
+    for calibration."""
     from dataclasses import replace
 
     from latency.profiler import ProfileConfig
@@ -163,20 +181,20 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
     protocol = replace(Protocol(seed=seed), visits=2, max_visits=3, time_cap_s=0.1, e2e_time_cap_s=0.4,
                        retest_fraction=0.0, retest_min=10)
     return ProfileConfig(backend=backend, device=device, threads=threads,
-                         spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=corners(b),
-                         seq_len=corners(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
+                         spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=op_axis(b),
+                         seq_len=op_axis(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
                          e2e_contexts=e2e_contexts(b, s),
                          search_like=False, homogeneous=True, homogeneous_depths=1, split="calibration",
                          transfer_from={"name": src.name, "path": str(src.path), "profile": profile_hash(src.meta),
                                         "data_hash": data_hash(src.path)})
 
 
-CURVE_DEG = 2  # the per-kind curve of log ratio in log source milliseconds that bends the corner interpolation
+CURVE_DEG = 2  # the per-kind curve of log ratio in log source milliseconds that bends the grid interpolation
 
 
 def _bilinear(values, gb: list[int], gs: list[int], batch: int, seq_len: int) -> float:
-    """``values[(b, s)]`` on the corners ``gb`` x ``gs``, interpolated bilinearly in (log batch, log seq_len) at
-    (``batch``, ``seq_len``); the nearest corner outside them."""
+    """``values[(b, s)]`` on the measured grid ``gb`` x ``gs``, interpolated bilinearly in (log batch, log seq_len)
+    at (``batch``, ``seq_len``) between its two neighbours on each axis; held at the nearest edge outside it."""
     from latency.lut import _axis_weights
 
     bi, bj, bt = _axis_weights(gb, batch)
@@ -188,14 +206,15 @@ def _bilinear(values, gb: list[int], gs: list[int], batch: int, seq_len: int) ->
 
 def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
     """The source's op table moved to the new device: each op's source milliseconds times its own ratio
-    new / source, measured at the corners of the grid and interpolated bilinearly in (log batch, log seq_len)
-    (held at the nearest corner outside them). An op the new device lacks takes its kind's median ratio.
+    new / source, measured at the Contexts the transfer timed (:func:`op_axis`; any rectangular part of the grid)
+    and interpolated bilinearly in (log batch, log seq_len) between them (held at the nearest edge outside them).
+    An op the new device lacks takes its kind's median ratio.
 
-    Between the corners the log ratio is bent by its kind's curve: a quadratic in log source milliseconds fitted
-    to all the kind's corner ratios (an op kind's ratio follows the op's size: torch's per-call overhead weighs
-    on small ops, not on large ones), added as its departure from its own corner interpolation, so the corners
-    stay exact. On the AMD tables (onnxruntime -> torch, ops between the corners) this took the median op error
-    from 6.5 % to 4.1 %; a kind with one op has no curve."""
+    Between the measured Contexts the log ratio is bent by its kind's curve: a quadratic in log source
+    milliseconds fitted to all the kind's measured ratios (an op kind's ratio follows the op's size: torch's
+    per-call overhead weighs on small ops, not on large ones), added as its departure from its own grid
+    interpolation, so the measured Contexts stay exact. On the AMD tables (onnxruntime -> torch, corners only,
+    ops between them) this took the median op error from 6.5 % to 4.1 %; a kind with one op has no curve."""
     import numpy as np
 
     key = ["op_key", "batch", "seq_len"]
@@ -220,9 +239,9 @@ def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
         if lr is None or len(lr) < len(gb) * len(gs):
             lr = by_kind.get(kind, both.groupby(["batch", "seq_len"])["log_r"].median())
         elif kind in curve:
-            at_corners = {c: float(np.polyval(curve[kind], math.log(src_ms[key_][c]))) for c in lr.index}
+            at_grid = {c: float(np.polyval(curve[kind], math.log(src_ms[key_][c]))) for c in lr.index}
             bend = (float(np.polyval(curve[kind], math.log(ms))) -
-                    _bilinear(at_corners, gb, gs, int(bb), int(ss)))
+                    _bilinear(at_grid, gb, gs, int(bb), int(ss)))
         vals.append(float(ms) * math.exp(_bilinear(lr, gb, gs, int(bb), int(ss)) + bend))
     out["latency_p50_ms"] = vals
     return out
@@ -245,6 +264,6 @@ def fit_transfer(src: ProfileData, new: ProfileData, kind: str | None = None, se
     pred.kind = f"{kind}+transfer"
     pred.profile = profile_hash(new.meta)
     pred.meta = {**pred.meta, "source_profile": src.name, "source_hash": profile_hash(src.meta),
-                 "transfer": "source op table x per-op ratio measured at the grid's corners; calibration on the new "
-                             "device's whole models", "data_hash": data_hash(new.path)}
+                 "transfer": "source op table x per-op ratio measured at the grid's corners and middles; calibration "
+                             "on the new device's whole models", "data_hash": data_hash(new.path)}
     return pred

@@ -173,8 +173,8 @@ def _profile_args(p):
                         "calibration (default: on, off with --quick)")
     p.add_argument("--force-new", action="store_true", help="start a new folder if OUT holds another profile")
     p.add_argument("--transfer-from", default=None, metavar="PROFILE",
-                   help="a new device in about 3 minutes: time PROFILE's ops at the corners of its grid and a few "
-                        "whole models here, and fit a predictor from both (writes OUT/predictor.json)")
+                   help="a new device in about 3 minutes: time PROFILE's ops at the corners and middles of its "
+                        "grid and a few whole models here, and fit a predictor from both (writes OUT/predictor.json)")
     p.add_argument("--statistic", choices=("median", "min"), default=None,
                    help="an entry's latency from its visits: the median of their medians (default), or the fastest "
                         "visit's (a machine whose speed drifts in bursts, e.g. a shared GPU host); recorded in the "

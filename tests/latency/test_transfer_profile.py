@@ -1,5 +1,5 @@
 """A new device in minutes (``hwnas profile --transfer-from``): the source's op table scaled by per-op ratios
-measured at the grid's corners, calibrated on a few whole models; its refusals and its resume."""
+measured at the grid's corners (and middles), calibrated on a few whole models; its refusals and its resume."""
 import json
 
 import numpy as np
@@ -111,12 +111,12 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     r = json.loads(capsys.readouterr().out)
     assert r["predictor"]["kind"].endswith("+transfer") and r["predictor"]["source"] == "tiny"
     prof = read_profile(new)
-    assert {(int(b), int(s)) for b, s in zip(prof.ops["batch"], prof.ops["seq_len"])} == {(1, 16), (1, 32), (4, 16),
-                                                                                         (4, 32)}
+    # ops at the ends and the middle of each axis: batch 1, 2, 4 (seq_len 16, 32 has no other middle)
+    assert {(int(b), int(s)) for b, s in zip(prof.ops["batch"], prof.ops["seq_len"])} == {
+        (b, s) for b in (1, 2, 4) for s in (16, 32)}
     assert set(prof.e2e["split"]) == {"calibration"} and prof.meta["transfer_from"]["name"] == "tiny"
-    # whole models: three corners and the middle, not the costliest corner (batch 4 x seq_len 32)
-    assert {(int(b), int(s)) for b, s in zip(prof.e2e["batch"], prof.e2e["seq_len"])} == {(1, 16), (1, 32), (4, 16),
-                                                                                         (2, 32)}
+    # whole models: both seq_len ends at the smallest batch, the smallest seq_len at the middle batch
+    assert {(int(b), int(s)) for b, s in zip(prof.e2e["batch"], prof.e2e["seq_len"])} == {(1, 16), (1, 32), (2, 16)}
     saved = json.loads((new / "predictor.json").read_text())
     assert saved["grid"] == {"batch": [1, 2, 4], "seq_len": [16, 32]}  # the source's grid
     # the same command again: nothing measured, the predictor refitted the same way
