@@ -26,7 +26,7 @@ the profile's day, which the predictor then carries (``hwnas recheck --apply``, 
 
 Target: every measured latency within +5% of its budget and no more than 10% below it. Beside it,
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
-signed difference) divided out.
+signed difference; with ``--recheck``, since the recheck) divided out.
 
 Run the searches on a spare core and the measurements on the measuring core, while nothing else measures there:
 ``OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/budget_fidelity.py [PROFILE] --measure-core 0``
@@ -92,24 +92,29 @@ def profile_agreement(prof, n: int, seed: int) -> dict | None:
     return {k: v for k, v in recheck(prof, n, seed).items() if k != "rows"}
 
 
-def drift_adjusted(rows: list[dict], agreement: dict | None) -> dict | None:
-    """The same count with this machine's drift since it was profiled divided out: each measured latency over
-    1 + the median signed difference of the profile's own rows re-measured now (``agreement``). A VM's speed
-    wanders by a few percent between quarter hours; this separates that from what the predictor got wrong. A
-    supplementary figure (the target is on the measured latency), only as good as the drift's estimate: 16 rows
-    whose single calls differ a median 1-2 % give it to about +-0.7 %.
+def drift_adjusted(rows: list[dict], agreement: dict | None, speed: float = 1.0) -> dict | None:
+    """The same count with this machine's drift divided out: each measured latency over the speed it ran at now
+    (1 + the median signed difference of the profile's own rows re-measured now, ``agreement``) relative to the
+    speed the predictor carried into the searches (``speed``: a ``--recheck`` factor, else 1, the profile's). A
+    VM's speed wanders by a few percent between quarter hours; this separates that from what the predictor got
+    wrong. A supplementary figure (the target is on the measured latency), only as good as the drift's estimate:
+    16 rows whose single calls differ a median 1-2 % give it to about +-0.7 %.
 
     >>> rows = [{"budget_ms": 10.0, "measured_latency_ms": 10.6}, {"budget_ms": 10.0, "measured_latency_ms": 9.5}]
     >>> drift_adjusted(rows, {"median_signed_diff_pct": 2.0})["within_target"]
     2
+    >>> drift_adjusted(rows, {"median_signed_diff_pct": 12.0}, speed=1.10)["drift_pct"]
+    1.818
     """
     if not agreement or agreement.get("median_signed_diff_pct") is None:
         return None
-    f = 1 + agreement["median_signed_diff_pct"] / 100
+    f = (1 + agreement["median_signed_diff_pct"] / 100) / speed
     within = sum(0.9 * r["budget_ms"] <= r["measured_latency_ms"] / f <= 1.05 * r["budget_ms"] for r in rows)
-    return {"drift_pct": agreement["median_signed_diff_pct"], "within_target": int(within), "total": len(rows),
-            "how": "measured / (1 + drift_pct / 100) within [0.90, 1.05] x budget; drift_pct: median signed "
-                   "difference of the profile's rows re-measured by one call now (profile_rows_vs_measure_call)"}
+    return {"drift_pct": round(100 * (f - 1), 3), "within_target": int(within), "total": len(rows),
+            "speed_carried": speed,
+            "how": "measured / (1 + drift_pct / 100) within [0.90, 1.05] x budget; 1 + drift_pct / 100: the profile's "
+                   "rows re-measured by one call now (profile_rows_vs_measure_call) over the speed factor the "
+                   "predictor carried (a --recheck's, else 1)"}
 
 
 def main() -> int:
@@ -234,7 +239,7 @@ def main() -> int:
               "measure_call_vs_rounds": _diffs([r["measured_latency_ms"] for r in rows],
                                                [r["measure_call_ms"] for r in rows]),
               "profile_rows_vs_measure_call": agreement,
-              "drift_adjusted": drift_adjusted(rows, agreement),
+              "drift_adjusted": drift_adjusted(rows, agreement, rechecked["factor"] if rechecked else 1.0),
               "measurement": f"the profile's protocol for whole models: {visits} visits in shuffled rounds over all "
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "

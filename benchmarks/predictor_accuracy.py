@@ -167,7 +167,9 @@ def by_set(prof: ProfileData, kind: str = DEFAULT_KIND) -> dict:
 
 def search_found(prof: ProfileData) -> dict | None:
     """Each kind on the architectures a budgeted search returned (``results/budget_fidelity*.json`` of this
-    profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets."""
+    profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets. A run whose predictor
+    carried a ``--recheck`` speed factor is judged with that factor on each kind's predictions, as its searches
+    saw them."""
     from nas.arch import Architecture
     from nas.spaces import Context
 
@@ -175,14 +177,16 @@ def search_found(prof: ProfileData) -> dict | None:
     for f in sorted((ROOT / "benchmarks" / "results").glob("budget_fidelity*.json")):
         r = json.loads(f.read_text())
         if r.get("profile") == prof.name and not r.get("superseded_by"):  # not a run on an earlier measurement
-            rows += r["rows"]
+            speed = (r.get("recheck_before_search") or {}).get("factor", 1.0)
+            rows += [{**row, "speed": speed} for row in r["rows"]]
     if not rows:
         return None
     out = {}
     for kind in KINDS:
         pred = fit(prof, kind)
         pts = [{"space": r["space"], "ctx": Context(r["batch"], r["seq_len"]), "measured_ms": r["measured_latency_ms"],
-                "predicted_ms": pred.predict(Architecture.from_dict(r["arch"]), Context(r["batch"], r["seq_len"])),
+                "predicted_ms": r["speed"] * pred.predict(Architecture.from_dict(r["arch"]),
+                                                          Context(r["batch"], r["seq_len"])),
                 "flops": 0.0, "params": float(r["params"])} for r in rows]
         out[kind] = {space: {k: m["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")}
                      for space, m in evaluate(pred, prof, points=pts).items()}
