@@ -4,8 +4,9 @@
 SRC's spaces at the corners and the middles of SRC's Context grid (:func:`op_axis`: 3 x 3 Contexts on the default
 grid), and a few whole architectures (the homogeneous ones and :data:`TRANSFER_E2E` sampled ones per space) at
 :func:`e2e_contexts`, three small Contexts. The new device's op table is SRC's, each op scaled by its own measured
-ratio (interpolated between the Contexts measured), and a calibration layer is fitted on the new whole-model rows. The older few-shot transfer (below) keeps SRC's op costs and fits
-one layer on a handful of whole-model rows only (``hwnas fit NEW --from SRC --e2e-only``).
+ratio (interpolated between the Contexts measured), and a calibration layer is fitted on the new whole-model rows.
+The older few-shot transfer (below) keeps SRC's op costs and fits one layer on a handful of whole-model rows only
+(``hwnas fit NEW --from SRC --e2e-only``).
 
 Few-shot transfer: adapt a fitted predictor to a new device from a handful of whole-model measurements.
 
