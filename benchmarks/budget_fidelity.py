@@ -160,17 +160,14 @@ def main() -> int:
     if args.recheck:  # measured on the measuring core, then the searches go back to this process's cores
         import datetime as dt
 
-        from latency.measure import recheck
-
         cores = os.sched_getaffinity(0)
         if args.measure_core is not None:
             os.sched_setaffinity(0, {args.measure_core})
-        r = recheck(prof, args.recheck, args.seed + 1)  # another sample than --agreement's
+        rechecked = profile_agreement(prof, args.recheck, args.seed + 1)  # another sample than --agreement's
         os.sched_setaffinity(0, cores)
-        pred.set_speed(r, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        rechecked = {k: v for k, v in r.items() if k != "rows"}
-        print(f"rechecked {r['n']} rows: {r['median_signed_diff_pct']:+.2f} % against the profile; predictions x "
-              f"{r['factor']:.4f}", flush=True)
+        pred.set_speed(rechecked, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        print(f"rechecked {rechecked['n']} rows: {rechecked['median_signed_diff_pct']:+.2f} % against the profile; "
+              f"predictions x {rechecked['factor']:.4f}", flush=True)
     plan = []
     for cover in pred.spaces:
         space = pred.space(cover["name"])

@@ -71,7 +71,8 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
     t0 = time.perf_counter()
     summary = run_profile(cfg, out_dir / target.name, progress=True)
     new = read_profile(summary["out"])
-    fit_transfer(source, new).save(new.path / "predictor.json")
+    pred = fit_transfer(source, new)  # what the user's command does after measuring: part of its time
+    pred.save(new.path / "predictor.json")
     wall = time.perf_counter() - t0
     sessions = new.meta.get("sessions", [])
     measured_s = sum(s.get("wall_s") or 0 for s in sessions)
@@ -80,9 +81,9 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
         if new.path.is_relative_to(ROOT) else str(new.path),
         "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
         "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
-        **judge(source, target, new),
+        **judge(source, target, new, pred),
     }
-    row["ceilings"] = ceilings(source, target, new)
+    row["ceilings"] = ceilings(source, target, new, row["transfer"])
     print(f"  measured {row['measurement_minutes']} min", flush=True)
     return row
 
@@ -108,12 +109,12 @@ def judged_scaled(pred, target, factor: float) -> dict:
     return summarise(evaluate(pred, target, points=points))
 
 
-def judge(source, target, new) -> dict:
+def judge(source, target, new, pred=None) -> dict:
     """The transfer's predictor (refitted with this hwnas's default kind), the target's full-profile predictor and
     the few-shot transfer, judged on the target's test rows of architectures the transfer never measured; and the
     transfer's again with its sitting's speed against the full profile's divided out (``transfer_state_adjusted``,
-    by the whole-model :func:`state_offset`)."""
-    pred = fit_transfer(source, new)
+    by the whole-model :func:`state_offset`). ``pred``: the transfer's predictor if already fitted."""
+    pred = pred or fit_transfer(source, new)
     src_pred = load_predictor(source.path) if (source.path / "predictor.json").is_file() else fit(source)
     judge_on = unseen(target, set(new.e2e["arch_json"]))
     few = [judged(transfer(src_pred, judge_on, shots=20, seed=s), judge_on) for s in (0, 1, 2)]
@@ -142,9 +143,10 @@ CEILINGS = {  # name -> (op rows the source table is scaled by, whole-model rows
 }
 
 
-def ceilings(source, target, new) -> dict:
+def ceilings(source, target, new, transfer_judged: dict) -> dict:
     """:func:`judged` of the transfer fit with its op rows and/or whole-model rows taken from the target's full
-    profile instead (:data:`CEILINGS`): which half of a three-minute measurement limits it."""
+    profile instead (:data:`CEILINGS`): which half of a three-minute measurement limits it. ``transfer_judged``:
+    the unswapped fit's figures (:func:`judge`'s ``transfer``), not fitted again."""
     from latency.profile_data import ProfileData
 
     at = {(int(x), int(y)) for x, y in zip(new.e2e["batch"], new.e2e["seq_len"])}  # where it timed whole models
@@ -160,8 +162,10 @@ def ceilings(source, target, new) -> dict:
         return f[[(int(x), int(y)) in at for x, y in zip(f["batch"], f["seq_len"])]]
 
     judge_on = unseen(target, set(new.e2e["arch_json"]))
-    out = {}
+    out = {"transfer": transfer_judged}
     for name, (ops, e2e) in CEILINGS.items():
+        if name == "transfer":
+            continue
         mixed = ProfileData(new.path, new.meta, rows("op", ops), rows("e2e", e2e))
         out[name] = judged(fit_transfer(source, mixed), judge_on)
     return out
@@ -220,7 +224,7 @@ def main() -> int:
             target = read_profile(ROOT / "profiles" / row["target"])
             new = read_profile(ROOT / row["transfer_profile"])
             row.update(judge(source, target, new))
-            row["ceilings"] = ceilings(source, target, new)
+            row["ceilings"] = ceilings(source, target, new, row["transfer"])
             for name, m in row["ceilings"].items():
                 print(f"{row['target']} {name:36s} " + "  ".join(
                     f"{s}: 10%={v['within_10_pct']:.0%} 5%={v['within_5_pct']:.0%} rho_min={v['spearman_min_ctx']:.3f}"

@@ -179,6 +179,16 @@ def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANC
 RECHECK_MAX = 0.15  # a recheck farther off than this is not drift but another machine: re-profile instead
 
 
+def speed_in_bounds(factor: float) -> bool:
+    """Whether a speed factor is drift, within :data:`RECHECK_MAX` either way (1 / 1.15 to 1.15), not another
+    machine: the one bound ``hwnas recheck`` writes under and ``predictor.json`` is loaded under.
+
+    >>> speed_in_bounds(1.14), speed_in_bounds(0.86), speed_in_bounds(0.88)
+    (True, False, True)
+    """
+    return 1 / (1 + RECHECK_MAX) <= factor <= 1 + RECHECK_MAX
+
+
 def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     """``n`` of the profile's ``test``-split whole-model rows (a transfer profile's, which has none: its calibration
     rows) re-measured now, one :func:`measure_arch` call each with the profile's backend, threads and protocol: how

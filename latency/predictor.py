@@ -361,11 +361,11 @@ def predictor_from_dict(d: Any, source: str = "predictor.json") -> Predictor:
             p.space(s["name"])
         except PredictorError as e:
             raise PredictorError(f"{source}: {e}") from None
-    from latency.measure import RECHECK_MAX
+    from latency.measure import RECHECK_MAX, speed_in_bounds
 
     speed = p.meta.get("speed")
     speed = speed.get("factor", 1.0) if isinstance(speed, dict) else 1.0 if speed is None else speed
-    if not isinstance(speed, (int, float)) or not 1 / (1 + RECHECK_MAX) <= speed <= 1 + RECHECK_MAX:
+    if not isinstance(speed, (int, float)) or not speed_in_bounds(speed):
         raise PredictorError(f"{source}: speed factor {speed!r} is not a recheck's (within {RECHECK_MAX:.0%} of 1); "
                              f"recheck with `hwnas recheck PROFILE --apply` or refit with `hwnas fit`")
     return p

@@ -76,7 +76,7 @@ def recheck_cli(args) -> int:
     with ``--apply``, write the speed factor into ``PROFILE/predictor.json``."""
     import datetime as dt
 
-    from latency.measure import RECHECK_MAX, recheck
+    from latency.measure import recheck, speed_in_bounds
     from latency.predictor import load_predictor
 
     prof = read_profile(args.profile)
@@ -84,7 +84,7 @@ def recheck_cli(args) -> int:
     r = recheck(prof, args.rows, args.seed)
     drift = r["median_signed_diff_pct"]
     summary = {k: v for k, v in r.items() if k != "rows"} | {"profile": str(prof.path), "applied": False}
-    if abs(r["factor"] - 1) > RECHECK_MAX:
+    if not speed_in_bounds(r["factor"]):  # the bound a predictor.json is loaded under: never write one it refuses
         raise PredictorError(f"{prof.path}'s whole models run {drift:+.1f} % (median of {r['n']}) against the profile: "
                              f"not drift but another machine or setup; profile this one (`hwnas profile "
                              f"--transfer-from {prof.path} --out NEW`)")
