@@ -170,27 +170,37 @@ def search_found(prof: ProfileData) -> dict | None:
     profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets. A run whose predictor
     carried a ``--recheck`` speed factor is judged with that factor on each kind's predictions, as its searches
     saw them."""
-    from nas.arch import Architecture
-    from nas.spaces import Context
+    rows = search_rows(prof)
+    if not rows:
+        return None
+    out = {}
+    for kind in KINDS:
+        pred = fit(prof, kind)
+        out[kind] = {space: {k: m["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")}
+                     for space, m in evaluate(pred, prof, points=search_points(pred, rows)).items()}
+    return out
 
+
+def search_rows(prof: ProfileData) -> list[dict]:
+    """The measured rows of the budgeted searches on ``prof`` (``results/budget_fidelity*.json``, not superseded),
+    each with the speed factor its searches' predictor carried (``speed``)."""
     rows = []
     for f in sorted((ROOT / "benchmarks" / "results").glob("budget_fidelity*.json")):
         r = json.loads(f.read_text())
         if r.get("profile") == prof.name and not r.get("superseded_by"):  # not a run on an earlier measurement
             speed = (r.get("recheck_before_search") or {}).get("factor", 1.0)
             rows += [{**row, "speed": speed} for row in r["rows"]]
-    if not rows:
-        return None
-    out = {}
-    for kind in KINDS:
-        pred = fit(prof, kind)
-        pts = [{"space": r["space"], "ctx": Context(r["batch"], r["seq_len"]), "measured_ms": r["measured_latency_ms"],
-                "predicted_ms": r["speed"] * pred.predict(Architecture.from_dict(r["arch"]),
-                                                          Context(r["batch"], r["seq_len"])),
-                "flops": 0.0, "params": float(r["params"])} for r in rows]
-        out[kind] = {space: {k: m["all"][k] for k in ("n", "within_5_pct", "within_10_pct", "mape_pct", "bias_pct")}
-                     for space, m in evaluate(pred, prof, points=pts).items()}
-    return out
+    return rows
+
+
+def search_points(pred, rows: list[dict]) -> list[dict]:
+    """:func:`search_rows` as :func:`latency.evaluate.evaluate` points, predicted by ``pred`` times each row's
+    speed factor."""
+    from nas.arch import Architecture
+
+    return [{"space": r["space"], "ctx": Context(r["batch"], r["seq_len"]), "measured_ms": r["measured_latency_ms"],
+             "predicted_ms": r["speed"] * pred.predict(Architecture.from_dict(r["arch"]), Context(r["batch"], r["seq_len"])),
+             "flops": 0.0, "params": float(r["params"])} for r in rows]
 
 
 def few_shot(src: ProfileData, dst: ProfileData, shots_list=(10, 20), seeds=(0, 1, 2)) -> dict:

@@ -250,6 +250,8 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
                 fits.append(_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role, k, fits[0] if fits else None))
         best = min((f for f in fits if f.cold_holds()), key=lambda f: f.cv_error())  # the first of equals
         coef[space] = {**best.fit(accept), "cv_error": round(best.cv_error(), 6)}
+        if len(best.cv_residuals()):
+            coef[space]["cv_under_q90"] = round(float(np.quantile(best.cv_residuals(), UNDER_Q)), 6)
     return Calibration(role, spec, coef)
 
 
@@ -386,6 +388,13 @@ class _SpaceFit:
             self._cv = _cv_ridge(self.xs, self.rw, [r.group for r in self.rows])
         return self._cv[1]
 
+    def cv_residuals(self) -> np.ndarray:
+        """Each row's held-out relative error ``(measured - predicted) / measured`` at the cross-validated ridge,
+        predicted by the fit without its architecture (positive: the predictor reads low). Empty with fewer than two
+        architectures."""
+        self.cv_error()
+        return self._cv[2]
+
     def fit(self, accept: Accept | None) -> dict:
         if self.spec.ridge is not None:
             lam = self.spec.ridge
@@ -405,6 +414,7 @@ def cold_slope(coef: list[float], basis: tuple[str, ...], ctx: Context, grid=Non
     return max(0.0, float(np.dot(coef, _basis(basis, ctx, grid))))
 
 
+UNDER_Q = 0.9  # the quantile of held-out under-prediction a calibration layer records (``cv_under_q90``)
 HUBER = 0.05  # relative residual beyond which a row's weight falls off (a disturbed measurement)
 
 
@@ -419,22 +429,24 @@ def _ridge(xs: np.ndarray, r: np.ndarray, lam: float, iters: int = 8) -> np.ndar
     return delta
 
 
-def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> tuple[float, float]:
+def _cv_ridge(xs: np.ndarray, r: np.ndarray, groups: list[str]) -> tuple[float, float, np.ndarray]:
     """The ridge of :data:`RIDGE_GRID` with the least held-out (Huber) relative error, holding out whole
-    architectures (leave-one-out up to 12 of them, else 6 folds); the strongest when there is one architecture."""
+    architectures (leave-one-out up to 12 of them, else 6 folds); the strongest when there is one architecture.
+    Returns (ridge, its summed Huber error, each row's held-out residual at it)."""
     names = sorted(set(groups))
     if len(names) < 2:
-        return RIDGE_GRID[-1], float("inf")
+        return RIDGE_GRID[-1], float("inf"), np.zeros(0)
     fold_of = {g: (i if len(names) <= 12 else i % 6) for i, g in enumerate(names)}
     folds = np.array([fold_of[g] for g in groups])
-    best = (np.inf, RIDGE_GRID[-1])
+    best: tuple[float, float, np.ndarray] = (np.inf, RIDGE_GRID[-1], np.zeros(0))
     for lam in RIDGE_GRID:
-        err = 0.0
+        err, held = 0.0, np.zeros(len(r))
         for f in np.unique(folds):
             tr, te = folds != f, folds == f
             delta = _ridge(xs[tr], r[tr], lam)
-            res = np.abs(xs[te] @ delta - r[te])
+            held[te] = r[te] - xs[te] @ delta
+            res = np.abs(held[te])
             err += float(np.where(res <= HUBER, res**2 / 2, HUBER * (res - HUBER / 2)).sum())  # Huber loss
         if err < best[0] * (1 - 1e-9):
-            best = (err, lam)
-    return best[1], best[0]
+            best = (err, lam, held)
+    return best[1], best[0], best[2]

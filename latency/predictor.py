@@ -51,6 +51,26 @@ AUTO_MIN_ARCHS = 8  # auto: fewer calibration architectures in a space than this
 # one of 4 out is too noisy to choose between two fits: on the demo's quick profile the table won that way and lost
 # on the held-out rows)
 FAR_FACTOR = {"lut": 2.0, "regression": 4.0}  # beyond this factor outside the grid, refuse to extrapolate
+MAX_MARGIN = 0.10  # aimed_window: the most of a budget a search leaves for the predictor's own error
+
+
+def aim(window: tuple[float, float], under: float | None) -> tuple[float, float]:
+    """``window`` (fractions of a budget a search aims its predicted latency at) moved down, keeping its width,
+    until its top leaves at least ``under`` of the budget (capped at :data:`MAX_MARGIN`), so that a model chosen by a
+    predictor that reads that much low still meets the budget when measured. ``None`` leaves it as it is.
+
+    >>> [round(v, 3) for v in aim((0.935, 0.985), 0.04)]  # a predictor that reads up to 4 % low
+    [0.91, 0.96]
+    >>> aim((0.935, 0.985), 0.01), aim((0.935, 0.985), None)  # the window's own margin already covers it
+    ((0.935, 0.985), (0.935, 0.985))
+    >>> [round(v, 3) for v in aim((0.935, 0.985), 0.3)]
+    [0.85, 0.9]
+    """
+    lo, hi = window
+    if under is None:
+        return lo, hi
+    top = 1.0 - min(MAX_MARGIN, max(0.0, under))
+    return (lo, hi) if hi <= top else (lo - (hi - top), top)
 
 
 class Predictor(abc.ABC):
@@ -108,6 +128,17 @@ class Predictor(abc.ABC):
     def far_factor_of(self, space: str | None) -> float:
         """How far outside the grid (a factor) predictions for ``space`` may extrapolate."""
         return self.far_factor
+
+    def under_q90(self, space: str) -> float | None:
+        """How low this predictor reads on architectures it was not fitted on: 9 in 10 of them measure at most this
+        fraction of their latency above the prediction (``cv_under_q90`` of the calibration, held out by whole
+        architectures). None when not known (no calibration, or fitted before it was recorded)."""
+        return None
+
+    def aimed_window(self, space: str, window: tuple[float, float]) -> tuple[float, float]:
+        """The fractions of a budget a search in ``space`` aims its predicted latency at: :func:`aim` of ``window``
+        by this predictor's :meth:`under_q90`."""
+        return aim(window, self.under_q90(space))
 
     # -- coverage checks ---------------------------------------------------------------------------------
     def cover(self, name: str) -> dict:
@@ -304,6 +335,10 @@ class OpPredictor(Predictor):
     def knees_mb(self, space: str) -> list[float]:
         return [k for layer in self.layers if (k := layer.knee_mb(space)) is not None]
 
+    def under_q90(self, space: str) -> float | None:
+        q = self.layers[-1].coef.get(space, {}).get("cv_under_q90") if self.layers else None
+        return None if q is None else float(q)
+
     def body(self) -> dict:
         schema: dict[str, Any] = {}
         if isinstance(self.base, PerSpaceBase):
@@ -476,5 +511,5 @@ def _fit_auto(prof: ProfileData, seed: int, spec: CalibrationSpec) -> OpPredicto
     return OpPredictor(AUTO, base, [layer], spaces=reg.spaces, grid=reg.grid, profile=reg.profile, meta=meta)
 
 
-__all__ = ["Predictor", "OpPredictor", "PerSpaceBase", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS", "AUTO",
+__all__ = ["aim", "Predictor", "OpPredictor", "PerSpaceBase", "fit", "load_predictor", "predictor_from_dict", "e2e_rows", "KINDS", "AUTO",
            "DEFAULT_KIND"]

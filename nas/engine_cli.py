@@ -179,6 +179,16 @@ def _fmt(v, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def aim_lines(r: dict) -> list[str]:
+    """Where the search aimed its predicted latency, and why (reports written before it have no such line)."""
+    w, q = r.get("aimed_window"), r.get("predictor_under_q90")
+    if not w:
+        return []
+    why = ("no held-out error recorded (refit the profile's predictor to get one)" if q is None else
+           f"the predictor reads up to {100 * q:.1f} % low on 9 in 10 architectures it was not fitted on")
+    return [f"  aimed at {w[0]:.3f}-{w[1]:.3f} x budget as predicted: {why}"]
+
+
 def format_report(r: dict, out: str) -> str:
     lines = [
         f"run {out}: {r['task']} on {r['profile']} (batch {r['batch']}, seq_len {r['seq_len']}), "
@@ -190,6 +200,7 @@ def format_report(r: dict, out: str) -> str:
         f"  speed-up: {_fmt(r.get('speedup_vs_teacher'), '.1f')} x vs the teacher, "
         f"{_fmt(r.get('speedup_vs_bert_base'), '.1f')} x vs BERT-base",
         f"  budget met: {r.get('budget_met')}  ({r.get('measure_note', '')})",
+        *aim_lines(r),
         f"  minutes: search {r['search_minutes']:.1f}, retrain {r['retrain_minutes']:.1f}",
         *_op_lines(r),
         f"  files: {out}/arch.json, {out}/model/, {out}/model.onnx, {out}/history.csv, {out}/report.json",

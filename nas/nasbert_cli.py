@@ -87,6 +87,8 @@ def _fmt(v, spec: str) -> str:
 
 
 def format_nasbert(r: dict, out: str) -> str:
+    from nas.engine_cli import aim_lines
+
     lines = [f"run {out}: NAS-BERT on {r['profile']} (batch {r['batch']}, seq_len {r['seq_len']}), "
              f"{r['corpus_sequences']} corpus sequences",
              f"  supernet {r['supernet_minutes']:.1f} min over {len(r['blocks'])} blocks; selection "
@@ -99,6 +101,7 @@ def format_nasbert(r: dict, out: str) -> str:
         lines.append(f"  {b['budget_ms']:>9g} {b['predicted_latency_ms']:>9.3f} {_fmt(b.get('measured_latency_ms'), '9.3f')}"
                      f" {b['params'] / 1e6:>7.2f}M {b['quality_estimate']:>8.4f}  {b['model_dir']}")
     lines.append(f"  {r.get('measure_note', 'not measured: run again without --no-measure')}")
+    lines += aim_lines(r)
     lines.append(f"  files: {out}/candidates.csv, {out}/pareto.png, {out}/report.json; fine-tune a model with "
                  "`hwnas finetune MODEL_DIR --teacher TASK_TEACHER --task ...`")
     return "\n".join(lines)

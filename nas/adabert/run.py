@@ -154,15 +154,20 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
                                                    indent=1) + "\n")
         (out / "search.pt").unlink(missing_ok=True)
 
-    # 2. derive, fit to the budget (in the search's own unit: latency, or the proxy with its budget)
+    # 2. derive, fit to the budget (in the search's own unit: latency, or the proxy with its budget); a latency
+    # budget is aimed below by what the predictor reads low on architectures it was not fitted on
+    window = (cfg.window_lo, 1 - cfg.margin)
+    if cfg.efficiency == "latency":
+        window = predictor.aimed_window(space.name, window)
     if fixed_arch is not None:
         argmax_arch, arch, moves = fixed_arch, fixed_arch, []
     else:
         argmax_arch = derive(space, probs)
         arch, moves = argmax_arch, []
         if budget is not None:
-            hi = budget * (1 - cfg.margin)
-            arch, moves = fit_to_budget(space, probs, argmax_arch, cost, cfg.window_lo * budget, hi)
+            arch, moves = fit_to_budget(space, probs, argmax_arch, cost, window[0] * budget, window[1] * budget)
+    if (out / "retrain.json").is_file() and (out / "arch.json").is_file():
+        arch = Architecture.load(out / "arch.json")  # the model trained is of the architecture derived then
     arch.save(out / "arch.json")
     idx = space.indices(arch)
     predicted = lat_cost.value(idx)
@@ -203,6 +208,8 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         "teacher_accuracy": teacher.info["teacher_accuracy"], "student_accuracy": acc,
         "params": space.params(arch, task.num_labels), "flops": space.flops(arch, ctx, task.num_labels),
         "budget_ms": budget_ms, "budget_cost": budget_cost, "predicted_latency_ms": predicted,
+        "aimed_window": list(window) if budget is not None else None,
+        "predictor_under_q90": predictor.under_q90(space.name),
         "argmax_arch": argmax_arch.to_dict(), "argmax_predicted_latency_ms": lat_cost.value(space.indices(argmax_arch)),
         "budget_moves": moves, "arch_log_prob": log_prob(space, probs, arch),
         "fastest_ms": fastest, "slowest_ms": slowest,

@@ -173,7 +173,10 @@ def run_nasbert(corpus: list[str], profile: str | os.PathLike, budgets_ms: list[
         return {}
 
     # 3. selection, models, measurement, report
-    return _select_and_report(out, space, layouts, targets, text, cost, cfg, prof, ctx, budgets, tok, measure)
+    # aimed below each budget by what the predictor reads low on architectures it was not fitted on
+    window = predictor.aimed_window(space.name, (cfg.window_lo, cfg.window_hi))
+    return _select_and_report(out, space, layouts, targets, text, cost, cfg, prof, ctx, budgets, tok, measure,
+                              window, predictor.under_q90(space.name))
 
 
 def _targets(out: Path, text, base: str, layouts, space, cfg: NasBertConfig, w, progress: bool):
@@ -232,7 +235,7 @@ def _train_blocks(out: Path, space, layouts, targets, text, cost, cfg: NasBertCo
 
 
 def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof, ctx, budgets, tok,
-                       measure: bool) -> dict:
+                       measure: bool, window: tuple[float, float], under_q90: float | None) -> dict:
     from nas.arch import Architecture
     from nas.nasbert.select import combine
 
@@ -243,7 +246,7 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
     table, info = combine(space, cost, layouts, [r["survivors"] for r in records], budgets, cfg.top_per_budget)
     from nas.nasbert.select import choose
 
-    choices, table = choose(table, budgets, cfg.top_per_budget, rescore, (cfg.window_lo, cfg.window_hi))
+    choices, table = choose(table, budgets, cfg.top_per_budget, rescore, window)
     selection_seconds = time.perf_counter() - t0
     atomic_write_text(out / "candidates.csv", table.to_csv(index=False))
 
@@ -267,12 +270,15 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
                     "quality_estimate": float(r["quality_estimate"]), "e2e_error": float(r["e2e_error"]),
                     "params": space.params(arch), "rescored": len(ch.rescored)})
         keep = prev_rows.get(ch.budget_ms, {})
+        if keep.get("arch") != row["arch"]:  # measured or fine-tuned as another architecture (an older selection)
+            keep = {}
         row.update({k: v for k, v in keep.items() if k in MEASURED or "_accuracy" in k
                     or k.startswith("finetune")})
         rows.append(row)
     report = {
         "engine": "nasbert", "profile": prof.name, "space": space.name, "preset": space.preset.name,
         "batch": ctx.batch, "seq_len": ctx.seq_len, "config": dataclasses.asdict(cfg),
+        "aimed_window": list(window), "predictor_under_q90": under_q90,
         "corpus": settings_of(out)["corpus"], "corpus_sequences": len(text), "heldout_sequences": cfg.heldout,
         "teacher": settings_of(out)["teacher"], "teacher_split": [[lay.teacher_in, lay.teacher_out] for lay in layouts],
         "blocks": [{"block": r["block"], "decisions": len(r["decisions"]), "minutes": r["minutes"], "steps": r["steps"],

@@ -129,7 +129,7 @@ def test_space_and_version_mismatches_are_errors(synth_profile, predictors, tmp_
     small = Architecture.from_dict(get_space("adabert", "small").sample(0).to_dict())
     with pytest.raises(PredictorError, match="preset 'tiny', not 'small'"):
         pred.predict(small, CTX)
-    d = predictors["lut"].to_dict()
+    d = json.loads(json.dumps(predictors["lut"].to_dict()))  # a copy: to_dict shares the predictor's own lists
     d["spaces"][0]["version"] = 99
     with pytest.raises(PredictorError, match="version 99.*refit"):
         predictor_from_dict(d)
@@ -278,6 +278,41 @@ def test_auto_takes_per_space_the_calibrated_kind_that_cross_validates_better(sy
             assert auto.predict(arch, ctx) == chosen.predict(arch, ctx)
     d = auto.to_dict()["base"]  # only the bases some space uses are stored
     assert d["type"] == "per_space" and set(d) - {"type", "choice"} == set(auto.base.choice.values())
+
+
+def test_held_out_residuals_are_those_of_the_fit_without_the_architecture():
+    import numpy as np
+
+    from latency.calibration import HUBER, _cv_ridge, _ridge
+
+    rng = np.random.default_rng(0)
+    groups = [f"a{i // 4}" for i in range(20)]  # 5 architectures x 4 Contexts: leave one out
+    xs = rng.normal(size=(20, 3))
+    r = xs @ np.array([0.05, -0.02, 0.01]) + rng.normal(scale=0.03, size=20)
+    r[3] += 0.4  # one disturbed row
+    lam, err, held = _cv_ridge(xs, r, groups)
+    g = np.array(groups)
+    for name in sorted(set(groups)):
+        delta = _ridge(xs[g != name], r[g != name], lam)
+        assert np.allclose(held[g == name], r[g == name] - xs[g == name] @ delta)
+    res = np.abs(held)
+    assert err == pytest.approx(np.where(res <= HUBER, res**2 / 2, HUBER * (res - HUBER / 2)).sum())
+    assert _cv_ridge(xs, r, ["one"] * 20)[2].size == 0  # nothing to hold out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_calibrated_predictors_record_how_low_they_read_and_searches_aim_by_it(predictors, kind):
+    p = predictors[kind]
+    back = predictor_from_dict(json.loads(json.dumps(p.to_dict())))
+    for space in ("adabert", "nasbert"):
+        q = p.under_q90(space)
+        assert back.under_q90(space) == q  # saved with the layer
+        if not kind.endswith("+calibration"):
+            assert q is None and p.aimed_window(space, (0.935, 0.985)) == (0.935, 0.985)
+            continue
+        assert q == p.layers[-1].coef[space]["cv_under_q90"] and -1 < q < 1
+        lo, hi = p.aimed_window(space, (0.935, 0.985))
+        assert hi == pytest.approx(min(0.985, 1 - min(q, pred_mod.MAX_MARGIN))) and hi - lo == pytest.approx(0.05)
 
 
 def test_auto_keeps_the_regression_on_a_tie_and_the_table_when_clearly_better(synth_profile, monkeypatch):

@@ -101,11 +101,15 @@ def test_arch_is_the_fitted_derivation_of_the_searched_weights(run, space, lat_c
                for n, p in probs.items())
     argmax = derive(space, probs)
     assert report["argmax_arch"] == argmax.to_dict()
-    fitted, moves = fit_to_budget(space, probs, argmax, lat_cost, 0.935 * BUDGET_MS, 0.985 * BUDGET_MS)
+    pred = load_predictor(resolve_profile(PROFILE))
+    lo, hi = pred.aimed_window("adabert", (0.935, 0.985))  # the window moved down by the predictor's own error
+    assert report["aimed_window"] == [lo, hi] and report["predictor_under_q90"] == pred.under_q90("adabert")
+    assert hi == pytest.approx(min(0.985, 1 - pred.under_q90("adabert"))) and hi - lo == pytest.approx(0.05)
+    fitted, moves = fit_to_budget(space, probs, argmax, lat_cost, lo * BUDGET_MS, hi * BUDGET_MS)
     arch = Architecture.load(out / "arch.json")
     assert arch == fitted and report["budget_moves"] == moves
     assert report["predicted_latency_ms"] == pytest.approx(lat_cost.value(space.indices(arch)))
-    assert 0.935 * BUDGET_MS <= report["predicted_latency_ms"] <= 0.985 * BUDGET_MS
+    assert lo * BUDGET_MS <= report["predicted_latency_ms"] <= hi * BUDGET_MS
 
 
 def test_report_fields(run, demo_teacher, demo_small, space):

@@ -206,9 +206,12 @@ def test_run_folder_and_report(run, space, cost):
     from nas.arch import Architecture
     from nas.modeling import load_pretrained
 
+    pred = load_predictor(resolve_profile(PROFILE))
+    window = pred.aimed_window("nasbert", (CFG.window_lo, CFG.window_hi))  # moved down by the predictor's error
+    assert r["aimed_window"] == list(window) and r["predictor_under_q90"] == pred.under_q90("nasbert")
     for budget in (4.0, 6.0):
         row = rows[budget]
-        assert row["feasible"] and row["predicted_latency_ms"] <= budget * CFG.window_hi
+        assert row["feasible"] and row["predicted_latency_ms"] <= budget * window[1]
         arch = Architecture.from_dict(row["arch"])
         assert row["predicted_latency_ms"] == pytest.approx(cost.value(space.indices(arch)), rel=1e-9)
         folder = Path(row["model_dir"])
@@ -226,6 +229,24 @@ def test_a_second_call_resumes_and_new_budgets_reuse_the_supernet(run, teacher2,
     r2 = run_nasbert([str(corpus)], PROFILE, [5.0], out, CTX, CFG, teacher=str(teacher2), measure=False)
     assert (out / "supernet" / "block0.safetensors").stat().st_mtime_ns == before
     assert [b["budget_ms"] for b in r2["budgets"]] == [5.0] and (out / "model_5ms" / "model.onnx").is_file()
+
+
+def test_a_reselection_keeps_measurements_only_for_the_same_architecture(run, teacher2, corpus):
+    out, first = run
+    path = out / "report.json"
+    before = path.read_text()
+    r = json.loads(json.dumps(first, default=str))  # the first call's report (a later test may have re-selected)
+    rows = {b["budget_ms"]: b for b in r["budgets"] if b.get("feasible")}
+    r["budgets"] = [{**rows[4.0], "measured_latency_ms": 1.5, "arch": {**rows[4.0]["arch"], "choices": {}}},
+                    {**rows[6.0], "measured_latency_ms": 2.5}]  # 4 ms as measured when another architecture was chosen
+    path.write_text(json.dumps(r))
+    try:
+        again = run_nasbert([str(corpus)], PROFILE, [4.0, 6.0], out, CTX, CFG, teacher=str(teacher2), measure=False)
+        got = {b["budget_ms"]: b for b in again["budgets"]}
+        assert got[6.0]["measured_latency_ms"] == 2.5 and "measured_latency_ms" not in got[4.0]
+        assert got[4.0]["arch"] == rows[4.0]["arch"]
+    finally:
+        path.write_text(before)
 
 
 def test_refusals_are_one_line_and_claim_nothing(teacher2, corpus, tmp_path, run):
