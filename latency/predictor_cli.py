@@ -51,12 +51,17 @@ def fit_cli(args) -> int:
     choice = pred.meta.get("base_choice") or {}
     if choice:
         summary["base_choice"] = choice
+    under = {s["name"]: q for s in pred.spaces if (q := pred.under_q90(s["name"])) is not None}
+    if under:
+        summary["under_q90"] = under
     lines = [f"wrote {out} ({pred.kind})"] + [
         f"  {s}: per-op base {'table' if c['base'] == 'lut' else c['base']} (cross-validated error: table "
         f"{c['cv_error_lut']:.4f}, regression {c['cv_error_regression']:.4f}"
         f"{few if (few := _few(c)) else ''})" for s, c in sorted(choice.items())] + [
         f"  held-out {s}: n={m['n']} within10={m['within_10_pct']:.1%} within5={m['within_5_pct']:.1%} "
-        f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()]
+        f"MAPE={m['mape_pct']:.2f}%" for s, m in summary.get("test", {}).items()] + [
+        f"  {s}: 9 in 10 architectures held out of the calibration measured at most {100 * q:.1f} % above their "
+        "prediction (searches aim that far under a budget)" for s, q in sorted(under.items())]
     _emit(summary, args.json, "\n".join(lines))
     return 0
 
@@ -140,11 +145,13 @@ def predict_cli(args) -> int:
     finally:
         quiet.setLevel(level)
     obj = {"latency_ms": ms, "predictor": pred.kind, "batch": ctx.batch, "seq_len": ctx.seq_len,
-           "space": arch.space, "profile": str(prof_dir), "warnings": notes}
+           "space": arch.space, "profile": str(prof_dir), "warnings": notes, "under_q90": pred.under_q90(arch.space)}
     speed = f", speed x{pred.speed:.3f} since {pred.meta['speed'].get('checked')}" if pred.speed != 1.0 else ""
     if speed:
         obj["speed"] = pred.meta["speed"]
-    _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len}{speed})")
+    q = obj["under_q90"]
+    band = f"; 9 in 10 held-out architectures measured at most {100 * q:.1f} % above" if q is not None else ""
+    _emit(obj, args.json, f"{ms:.4f} ms  ({pred.kind}, batch {ctx.batch}, seq_len {ctx.seq_len}{speed}{band})")
     for n in notes if not args.json else []:
         print(f"hwnas: warning: {n}", file=sys.stderr)
     return 0

@@ -169,10 +169,12 @@ def test_cli_fit_predict_evaluate(synth_profile, synth_profile_fast, tmp_path, c
     assert main(["fit", str(folder), "--kind", "lut+calibration", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["predictor"] == "lut+calibration" and (folder / "predictor.json").is_file()
+    assert out["under_q90"] == {s: load_predictor(folder).under_q90(s) for s in ("adabert", "nasbert")}
     assert main(["predict", str(folder), str(arch_path), "--batch", "2", "--seq-len", "40", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"latency_ms", "predictor", "batch", "seq_len", "warnings"}
     assert out["latency_ms"] == pytest.approx(load_predictor(folder).predict(arch, Context(2, 40)))
+    assert out["under_q90"] == load_predictor(folder).under_q90("nasbert") is not None
     assert out["warnings"] == []
     assert main(["predict", str(folder), str(arch_path), "--batch", "6", "--json"]) == 0  # seq 128: outside
     assert len(json.loads(capsys.readouterr().out)["warnings"]) == 2
