@@ -167,7 +167,13 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         if budget is not None:
             arch, moves = fit_to_budget(space, probs, argmax_arch, cost, window[0] * budget, window[1] * budget)
     if (out / "retrain.json").is_file() and (out / "arch.json").is_file():
-        arch = Architecture.load(out / "arch.json")  # the model trained is of the architecture derived then
+        trained = Architecture.load(out / "arch.json")  # the model trained is of the architecture derived then
+        if trained != arch:
+            log.warning("%s/arch.json: this predictor would now derive another architecture; kept the trained one "
+                        "(delete retrain.json to retrain)", out)
+            prev = out / "report.json"
+            moves = read_json_object(prev, RunError, "delete it").get("budget_moves", []) if prev.is_file() else []
+            arch = trained
     arch.save(out / "arch.json")
     idx = space.indices(arch)
     predicted = lat_cost.value(idx)

@@ -196,6 +196,23 @@ def test_a_folder_of_another_run_is_refused(run, demo_teacher, demo_small, tmp_p
         run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, tmp_path / "busy", config=SearchConfig(**CFG))
 
 
+def test_a_trained_run_keeps_its_architecture_when_the_derivation_would_change(run, demo_teacher, demo_small, space,
+                                                                               tmp_path, caplog):
+    out, first = run
+    copy = tmp_path / "trained"
+    shutil.copytree(out, copy)
+    trained = Architecture.load(out / "arch.json")
+    other = next(a for a in (space.sample(seed) for seed in range(20)) if a != trained)
+    other.save(copy / "arch.json")  # as if an older predictor had derived this one, and the model was trained on it
+    rep = json.loads((copy / "report.json").read_text())
+    (copy / "report.json").write_text(json.dumps({**rep, "budget_moves": [{"move": "older"}]}))
+    with caplog.at_level("WARNING", logger="nas.adabert.run"):
+        again = run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, copy, config=SearchConfig(**CFG),
+                            measure=False)
+    assert Architecture.load(copy / "arch.json") == other and again["budget_moves"] == [{"move": "older"}]
+    assert again["student_accuracy"] == first["student_accuracy"] and "kept the trained one" in caplog.text
+
+
 def test_flops_efficiency_with_a_cost_budget(demo_teacher, space, tmp_path, capsys):
     from latency.loss import build_cost_model
     from nas.cli import main
