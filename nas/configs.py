@@ -47,8 +47,8 @@ class SearchConfig:
     retrain_epochs: int = 8
     retrain_lr: float = 1e-3
     max_len: int = 128
-    margin: float = 0.015  # derived architecture aimed at [window_lo, 1 - margin] x budget
-    window_lo: float = 0.935
+    margin: float = 0.015  # derived architecture aimed at [window_lo, 1 - margin] x budget (a latency budget: moved
+    window_lo: float = 0.935  # down, same width, when the predictor reads lower than that: latency.predictor.aim)
     log_every: int = 50  # history.csv row every this many steps (and at every epoch end)
     seed: int = 0
 
@@ -83,7 +83,8 @@ class NasBertConfig:
     top_per_budget: int = 5  # T: combinations per budget re-scored end to end (paper: 100)
     rescore_batches: int = 4  # held-out batches of the end-to-end re-score
     window_lo: float = 0.935  # choose among predicted latencies in [window_lo, window_hi] x budget when any are
-    window_hi: float = 0.985  # there (the budget used, with room for the predictor's error), else below window_hi
+    window_hi: float = 0.985  # there (the budget used, with room for the predictor's error), else below window_hi;
+    # moved down, same width, when the predictor reads lower than 1 - window_hi (latency.predictor.aim)
     pca_tokens: int = 40000  # teacher tokens the principal directions of each boundary are fitted on
     max_repeats: float = 50.0  # refuse a corpus whose training sequences would each be read more often
     seed: int = 0

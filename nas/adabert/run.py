@@ -214,7 +214,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         "teacher_accuracy": teacher.info["teacher_accuracy"], "student_accuracy": acc,
         "params": space.params(arch, task.num_labels), "flops": space.flops(arch, ctx, task.num_labels),
         "budget_ms": budget_ms, "budget_cost": budget_cost, "predicted_latency_ms": predicted,
-        "aimed_window": list(window) if budget is not None else None,
+        "aimed_window": list(window) if budget is not None and fixed_arch is None else None,
         "predictor_under_q90": predictor.under_q90(space.name),
         "argmax_arch": argmax_arch.to_dict(), "argmax_predicted_latency_ms": lat_cost.value(space.indices(argmax_arch)),
         "budget_moves": moves, "arch_log_prob": log_prob(space, probs, arch),
