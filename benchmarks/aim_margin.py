@@ -12,15 +12,19 @@ benchmark checks the estimate against rows it never saw, per profile and space:
 * the architectures budgeted searches returned (``results/budget_fidelity*.json`` of the profile), the same shares.
 
 It reads each profile's saved ``predictor.json`` (no refit, nothing timed). Extra profile folders (e.g. the quick
-profile ``make demo`` writes to ``runs/demo/profile``) may be named; default: every shipped profile.
+profile ``make demo`` writes to ``runs/demo/profile``) may be named; default: every shipped profile. A transfer
+folder (``hwnas profile --transfer-from``) has no ``test`` split of its own: ``--judge-on FULL_PROFILE`` judges the
+named predictors on that profile's ``test`` rows instead, leaving out the architectures each one timed.
 
-Run: ``python benchmarks/aim_margin.py [PROFILE ...]``; ``--markdown`` prints the README table of ``--out``.
+Run: ``python benchmarks/aim_margin.py [PROFILE ...] [--judge-on FULL_PROFILE]``; ``--markdown`` prints the README
+table of ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +56,19 @@ def shares(points: list[dict], q: float | None) -> dict:
             "share_beyond_old_margin": round(float(np.mean(e > OLD_MARGIN)), 4)}
 
 
-def one(folder: str) -> dict:
+def one(folder: str, judge_on: str | None = None) -> dict:
     prof = read_profile(folder)
     pred = load_predictor(prof.path, prof)
-    test = test_points(pred, prof, "test")
-    found = search_points(pred, search_rows(prof))
-    out = {"profile": prof.name, "path": str(prof.path), "kind": pred.kind, "spaces": {}}
+    if judge_on is None:
+        test = test_points(pred, prof, "test")
+        found = search_points(pred, search_rows(prof))
+    else:  # another profile's test rows, but for the architectures this one timed; not the search-returned rows
+        # (measured in other sittings, judged with the speed factor of the other profile's predictor)
+        judge = read_profile(judge_on)
+        timed = set(prof.e2e["arch_json"]) if prof.e2e is not None else set()
+        test = test_points(pred, replace(judge, e2e=judge.e2e[~judge.e2e["arch_json"].isin(timed)]), "test")
+        found = []
+    out = {"profile": prof.name, "path": str(prof.path), "kind": pred.kind, "judged_on": judge_on, "spaces": {}}
     for s in pred.spaces:
         name = s["name"]
         q = pred.under_q90(name)
@@ -105,6 +116,7 @@ def markdown(res: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="*", help="profile folders (default: every shipped one with a predictor.json)")
+    ap.add_argument("--judge-on", default=None, help="judge on this full profile's test rows (for transfer folders)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
     args = ap.parse_args()
@@ -112,7 +124,7 @@ def main() -> int:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
     folders = args.profiles or sorted(str(p.parent) for p in (ROOT / "profiles").glob("*/predictor.json"))
-    res = {"what": __doc__.split("\n\n")[0], "old_margin": OLD_MARGIN, "profiles": [one(f) for f in folders]}
+    res = {"what": __doc__.split("\n\n")[0], "old_margin": OLD_MARGIN, "profiles": [one(f, args.judge_on) for f in folders]}
     atomic_write_text(Path(args.out), json.dumps(res, indent=1) + "\n")
     print(markdown(res))
     return 0
