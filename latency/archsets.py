@@ -139,8 +139,11 @@ def fill_budget(space: SearchSpace, cost: CostModel, capacity: CostModel, idx: d
         cap, cur = cap + best[0], best[1]
 
 
+MARGIN = 0.015  # latency_search: the argmax aimed at [0.95, 1 - MARGIN] x budget (predicted)
+
+
 def latency_search(space: SearchSpace, cost: CostModel, capacity: CostModel, budget_ms: float, seed: int = 0,
-                   max_rounds: int = 8, margin: float = 0.015, schedules: tuple[float, ...] = SCHEDULES
+                   max_rounds: int = 8, margin: float = MARGIN, schedules: tuple[float, ...] = SCHEDULES
                    ) -> tuple[dict[str, int], float, int]:
     """Descend, then move the penalty's target (bisection) until the argmax lands in [0.95, 1 - margin] x budget.
 
