@@ -24,9 +24,11 @@ call each (does one call agree with the profile?).
 ``--recheck N``: before searching, N other test rows re-measured the same way give this machine's speed against
 the profile's day, which the predictor then carries (``hwnas recheck --apply``, in memory; ``recheck_before_search``).
 
-``--aim``: each search aims as the engines do, under ``1 - cv_under_q90`` of the budget where the predictor
+``--aim on``: each search aims as the engines do, under ``1 - cv_under_q90`` of the budget where the predictor
 records reading lower than the 1.5 % margin (:meth:`latency.predictor.Predictor.aimed_window`); ``met`` counts the
-models measured at or under their budget, with or without it.
+models measured at or under their budget, with or without it. ``--aim both`` searches each budget both ways and
+measures all the models in the same shuffled rounds, so that the machine's drift cannot tell the two apart
+(``by_aim``).
 
 Target: every measured latency within +5% of its budget and no more than 10% below it. Beside it,
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
@@ -131,8 +133,10 @@ def main() -> int:
     ap.add_argument("--agreement", type=int, default=24, help="profile rows re-measured by one `hwnas measure` call")
     ap.add_argument("--recheck", type=int, default=0, help="first re-measure this many of the profile's rows and "
                     "let the predictor carry the speed factor (`hwnas recheck --apply`, in memory) before searching")
-    ap.add_argument("--aim", action="store_true", help="aim each search under the budget by the predictor's own "
-                    "held-out error (cv_under_q90), as the engines do, instead of the fixed 1.5 %% margin")
+    ap.add_argument("--aim", choices=("off", "on", "both"), default="off",
+                    help="on: aim each search under the budget by the predictor's own held-out error (cv_under_q90), "
+                    "as the engines do, instead of the fixed 1.5 %% margin; both: search each budget both ways and "
+                    "measure all the models in the same shuffled rounds (the same machine state for both)")
     ap.add_argument("--contexts", default=None,
                     help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
@@ -178,18 +182,21 @@ def main() -> int:
     for cover in pred.spaces:
         space = pred.space(cover["name"])
         capacity = capacity_model(space, cover["num_labels"])
-        margin = 1 - pred.aimed_window(space.name, (0.935, 1 - MARGIN))[1] if args.aim else MARGIN
+        aimed_margin = 1 - pred.aimed_window(space.name, (0.935, 1 - MARGIN))[1]
         for ctx in contexts:
             cost = pred.cost_matrix(space, ctx)
             lo, hi = budget_range(cost, capacity)
             for frac in FRACTIONS:
                 budget = lo + frac * (hi - lo)
-                t0 = time.perf_counter()
-                idx, predicted, rounds = latency_search(space, cost, capacity, budget, seed=args.seed, margin=margin)
-                arch = space.from_indices(full_indices(space, idx))
-                plan.append((cover, space, ctx, frac, budget, arch, predicted, rounds, time.perf_counter() - t0))
-                print(f"searched {space.name} {ctx} budget {budget:.3f} ms: predicted {predicted:.3f} ms "
-                      f"({rounds} descents)", flush=True)
+                for aimed in {"off": (False,), "on": (True,), "both": (False, True)}[args.aim]:
+                    t0 = time.perf_counter()
+                    idx, predicted, rounds = latency_search(space, cost, capacity, budget, seed=args.seed,
+                                                            margin=aimed_margin if aimed else MARGIN)
+                    arch = space.from_indices(full_indices(space, idx))
+                    plan.append((cover, space, ctx, frac, budget, arch, predicted, rounds, time.perf_counter() - t0,
+                                 aimed))
+                    print(f"searched {space.name} {ctx} budget {budget:.3f} ms{' (aimed)' if aimed else ''}: "
+                          f"predicted {predicted:.3f} ms ({rounds} descents)", flush=True)
     if args.measure_core is not None:
         busy = pinned_to(args.measure_core)
         if busy:
@@ -220,7 +227,7 @@ def main() -> int:
     # the profile's own whole-model rows, each re-measured by one `hwnas measure` call
     agreement = profile_agreement(prof, args.agreement, args.seed)
     rows = []
-    for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s) in enumerate(plan):
+    for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(plan):
         meas = stats[i]["latency_p50_ms"]
         row = {"space": space.name, "preset": space.preset.name, "batch": ctx.batch, "seq_len": ctx.seq_len,
                "budget_fraction": frac, "budget_ms": budget, "predicted_latency_ms": predicted,
@@ -229,7 +236,7 @@ def main() -> int:
                "within_target": bool(0.9 * budget <= meas <= 1.05 * budget), "met": bool(meas <= budget),
                "measure_call_within_target": bool(0.9 * budget <= single[i] <= 1.05 * budget),
                "params": space.analytic_params(arch, cover["num_labels"]), "rounds": rounds,
-               "search_s": round(search_s, 1), "arch": arch.to_dict()}
+               "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict()}
         rows.append(row)
         print(f"{space.name:8s} {str(ctx):8s} budget {budget:8.3f} ms  predicted {predicted:8.3f}  measured "
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
@@ -240,7 +247,11 @@ def main() -> int:
               "met": sum(r["met"] for r in rows),
               "aim": {s["name"]: {"under_q90": pred.under_q90(s["name"]),
                                   "margin": 1 - pred.aimed_window(s["name"], (0.935, 1 - MARGIN))[1]}
-                      for s in pred.spaces} if args.aim else None,
+                      for s in pred.spaces} if args.aim != "off" else None,
+              "by_aim": {k: {"within_target": sum(r["within_target"] for r in rows if r["aimed"] == v),
+                             "met": sum(r["met"] for r in rows if r["aimed"] == v),
+                             "total": sum(r["aimed"] == v for r in rows)}
+                         for k, v in (("fixed_margin", False), ("aimed", True))} if args.aim == "both" else None,
               "max_over_budget_pct": max(r["measured_over_budget_pct"] for r in rows),
               "min_over_budget_pct": min(r["measured_over_budget_pct"] for r in rows),
               "measure_call_within_target": sum(r["measure_call_within_target"] for r in rows),
