@@ -179,10 +179,10 @@ def main() -> int:
         print(f"rechecked {rechecked['n']} rows: {rechecked['median_signed_diff_pct']:+.2f} % against the profile; "
               f"predictions x {rechecked['factor']:.4f}", flush=True)
     plan = []
+    aimed_margin = {s["name"]: 1 - pred.aimed_window(s["name"], (0.935, 1 - MARGIN))[1] for s in pred.spaces}
     for cover in pred.spaces:
         space = pred.space(cover["name"])
         capacity = capacity_model(space, cover["num_labels"])
-        aimed_margin = 1 - pred.aimed_window(space.name, (0.935, 1 - MARGIN))[1]
         for ctx in contexts:
             cost = pred.cost_matrix(space, ctx)
             lo, hi = budget_range(cost, capacity)
@@ -191,7 +191,7 @@ def main() -> int:
                 for aimed in {"off": (False,), "on": (True,), "both": (False, True)}[args.aim]:
                     t0 = time.perf_counter()
                     idx, predicted, rounds = latency_search(space, cost, capacity, budget, seed=args.seed,
-                                                            margin=aimed_margin if aimed else MARGIN)
+                                                            margin=aimed_margin[space.name] if aimed else MARGIN)
                     arch = space.from_indices(full_indices(space, idx))
                     plan.append((cover, space, ctx, frac, budget, arch, predicted, rounds, time.perf_counter() - t0,
                                  aimed))
@@ -245,9 +245,8 @@ def main() -> int:
     result = {"profile": prof.name, "backend": backend, "predictor": pred.kind, "recheck_before_search": rechecked,
               "target": "0.90 * budget <= measured <= 1.05 * budget", "within_target": ok, "total": len(rows),
               "met": sum(r["met"] for r in rows),
-              "aim": {s["name"]: {"under_q90": pred.under_q90(s["name"]),
-                                  "margin": 1 - pred.aimed_window(s["name"], (0.935, 1 - MARGIN))[1]}
-                      for s in pred.spaces} if args.aim != "off" else None,
+              "aim": {name: {"under_q90": pred.under_q90(name), "margin": m} for name, m in aimed_margin.items()}
+              if args.aim != "off" else None,
               "by_aim": {k: {"within_target": sum(r["within_target"] for r in rows if r["aimed"] == v),
                              "met": sum(r["met"] for r in rows if r["aimed"] == v),
                              "total": sum(r["aimed"] == v for r in rows)}
