@@ -253,7 +253,7 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
     old = out / "report.json"
     prev = read_json_object(old, NasBertError, "delete it to report again") if old.is_file() else {}
     prev_rows = {r["budget_ms"]: r for r in prev.get("budgets", [])}
-    rows = []
+    rows, reselected = [], False
     for ch in choices:
         row: dict[str, Any] = {"budget_ms": ch.budget_ms, "feasible": ch.feasible, "fastest_ms": ch.fastest_ms}
         if not ch.feasible:
@@ -271,6 +271,7 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
                     "params": space.params(arch), "rescored": len(ch.rescored)})
         keep = prev_rows.get(ch.budget_ms, {})
         if keep.get("arch") != row["arch"]:  # measured or fine-tuned as another architecture (an older selection)
+            reselected |= bool(keep)
             keep = {}
         row.update({k: v for k, v in keep.items() if k in MEASURED or "_accuracy" in k
                     or k.startswith("finetune")})
@@ -291,7 +292,8 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
         "combinations_without_shrinking": math.prod(_paths_in_block(space, lay) for lay in layouts),
         "budgets": rows,
     }
-    report.update({k: v for k, v in prev.items() if k.startswith("measure")})
+    if not reselected:  # the report-wide measurement summary is of the models measured then
+        report.update({k: v for k, v in prev.items() if k.startswith("measure")})
     if measure and any(r.get("feasible") and r.get("measured_latency_ms") is None for r in rows):
         report.update(_measure(rows, prof, ctx))
     report["budgets"] = rows

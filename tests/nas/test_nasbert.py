@@ -239,12 +239,13 @@ def test_a_reselection_keeps_measurements_only_for_the_same_architecture(run, te
     rows = {b["budget_ms"]: b for b in r["budgets"] if b.get("feasible")}
     r["budgets"] = [{**rows[4.0], "measured_latency_ms": 1.5, "arch": {**rows[4.0]["arch"], "choices": {}}},
                     {**rows[6.0], "measured_latency_ms": 2.5}]  # 4 ms as measured when another architecture was chosen
+    r["measured_vs_predicted"] = 9.9  # the summary over both, then
     path.write_text(json.dumps(r))
     try:
         again = run_nasbert([str(corpus)], PROFILE, [4.0, 6.0], out, CTX, CFG, teacher=str(teacher2), measure=False)
         got = {b["budget_ms"]: b for b in again["budgets"]}
         assert got[6.0]["measured_latency_ms"] == 2.5 and "measured_latency_ms" not in got[4.0]
-        assert got[4.0]["arch"] == rows[4.0]["arch"]
+        assert got[4.0]["arch"] == rows[4.0]["arch"] and "measured_vs_predicted" not in again
     finally:
         path.write_text(before)
 
