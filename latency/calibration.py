@@ -250,8 +250,9 @@ def fit_calibration(rows: list[Row], prev_ops: PrevCost, prev_overhead: PrevOver
                 fits.append(_SpaceFit(space, mine, prev_ops, prev_overhead, sp, role, k, fits[0] if fits else None))
         best = min((f for f in fits if f.cold_holds()), key=lambda f: f.cv_error())  # the first of equals
         coef[space] = {**best.fit(accept), "cv_error": round(best.cv_error(), 6)}
-        if len(best.cv_residuals()):
-            coef[space]["cv_under_q90"] = round(float(np.quantile(best.cv_residuals(), UNDER_Q)), 6)
+        held = best.cv_residuals()
+        if len(held):
+            coef[space]["cv_under_q90"] = round(float(np.quantile(held, UNDER_Q)), 6)
     return Calibration(role, spec, coef)
 
 
