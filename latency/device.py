@@ -162,6 +162,20 @@ def affinity_cores() -> int:
         return os.cpu_count() or 1
 
 
+def allocator_env() -> dict[str, str] | None:
+    """The environment variables that change the C memory allocator (``GLIBC_TUNABLES``, ``MALLOC_*``, an
+    ``LD_PRELOAD``ed malloc), None when none is set. Eager torch's CPU latency depends on them (a model at batch 32 x
+    256 tokens ran 2.3x faster with glibc's mmap off: ``benchmarks/README.md``, *page faults*), so a profile records
+    them; informative, not compared.
+
+    >>> import os; os.environ["MALLOC_ARENA_MAX"] = "2"; allocator_env()["MALLOC_ARENA_MAX"]
+    '2'
+    >>> del os.environ["MALLOC_ARENA_MAX"]
+    """
+    env = {k: v for k, v in os.environ.items() if k in ("GLIBC_TUNABLES", "LD_PRELOAD") or k.startswith("MALLOC_")}
+    return env or None
+
+
 def fingerprint(threads: int | None = None) -> dict:
     """Describe this machine and its libraries.
 
@@ -169,8 +183,8 @@ def fingerprint(threads: int | None = None) -> dict:
         threads: the fixed intra-op thread count of the measurement (None: not fixed, e.g. ``hwnas env``).
     Returns:
         A JSON-able dict: cpu_model, cpu_id (:func:`cpu_id`), cores, cpu_affinity, governor, gpu, gpu_driver, os, machine, python,
-        torch, onnxruntime, numpy, threads; with a CUDA device also :func:`gpu_details` (memory, capability,
-        CUDA, cuDNN, TF32).
+        torch, onnxruntime, numpy, threads, allocator_env (:func:`allocator_env`); with a CUDA device also
+        :func:`gpu_details` (memory, capability, CUDA, cuDNN, TF32).
     """
     gpu, driver = gpu_info()
     details = gpu_details() if gpu else {}
@@ -189,6 +203,7 @@ def fingerprint(threads: int | None = None) -> dict:
         "onnxruntime": library_version("onnxruntime"),
         "numpy": library_version("numpy"),
         "threads": threads,
+        "allocator_env": allocator_env(),  # informative only
         **details,
     }
 

@@ -13,7 +13,9 @@ True
 from __future__ import annotations
 
 import math
+import os
 import random
+import statistics
 import time
 from dataclasses import replace
 
@@ -46,20 +48,34 @@ def warm_up_fresh(backend: Backend, runnable: Runnable, protocol: Protocol) -> i
     return warm_up(backend, runnable, replace(protocol, warmup_min_s=protocol.fresh_warmup_s))
 
 
-def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None
-                     ) -> tuple[list[float], str]:
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (None where the OS does not count them)."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None,
+                     faults: list[int] | None = None) -> tuple[list[float], str]:
     """Warm up, then time in growing chunks until :func:`latency.stats.stop_reason` says stop.
 
+    Args:
+        faults: if given, the minor page faults the process took during the timed runs are appended to it.
     Returns:
         (raw timings in seconds, the stop reason).
     """
     warm_up(backend, runnable, protocol)
     samples: list[float] = []
+    before = minor_faults() if faults is not None else None
     start = time.perf_counter()
     while True:
         elapsed = time.perf_counter() - start
         reason = stop_reason(samples, elapsed, protocol, time_cap_s)
         if reason:
+            if before is not None:
+                faults.append(minor_faults() - before)
             return samples, reason
         samples += backend.time(runnable, next_chunk(samples, elapsed, protocol, time_cap_s))
 
@@ -69,7 +85,8 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     """Time prepared runnables the profiler's way: ``visits`` rounds (of ``kind``'s rules), each visiting every
     entry once in its own seeded order, then extra rounds for the entries whose visits disagree
     (:func:`wants_retake`), up to ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry
-    :func:`combine_visits`.
+    :func:`combine_visits`, with ``faults_per_run`` (the median over visits of the minor page faults per timed run,
+    where the OS counts them: memory the runs took fresh from the OS, see :data:`FAULT_WARN_PER_RUN`).
 
     With one entry this is what ``hwnas measure`` does; with several (a student, its teacher and BERT-base) the
     rounds interleave them, so slow drift of the machine moves all alike.
@@ -86,9 +103,16 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
             break
         random.Random(f"{seed}:visit{v}").shuffle(order)
         for name in order:
-            samples, reason = measure_runnable(backend, entries[name], rules)
-            visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason})
-    return {k: combine_visits(v, protocol.statistic) for k, v in visits.items()}
+            faults: list[int] = []
+            samples, reason = measure_runnable(backend, entries[name], rules, faults=faults)
+            visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason,
+                                 "faults_per_run": faults[0] / len(samples) if faults and samples else None})
+    out = {}
+    for k, v in visits.items():
+        per_run = [x["faults_per_run"] for x in v if x["faults_per_run"] is not None]
+        out[k] = {**combine_visits(v, protocol.statistic),
+                  "faults_per_run": round(statistics.median(per_run), 1) if per_run else None}
+    return out
 
 
 def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, kind: str = "e2e") -> dict:
@@ -115,8 +139,9 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
             ``threads`` are its own).
         protocol: the measurement protocol (default: :class:`Protocol`'s, whole-architecture time cap).
     Returns:
-        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, visits, visit_spread`` plus ``batch, seq_len, flops,
-        params, arch_json, space, preset`` and the backend's ``backend, version, device, threads``.
+        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, visits, visit_spread, faults_per_run`` plus
+        ``batch, seq_len, flops, params, arch_json, space, preset`` and the backend's ``backend, version, device,
+        threads``.
     """
     from nas.arch import Architecture
 
@@ -142,6 +167,33 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
         "flops": space.flops(arch, ctx, num_labels), "params": space.analytic_params(arch, num_labels),
         "backend": be.name, "version": be.version, "device": be.device, "threads": be.threads,
     }
+
+
+FAULT_WARN_PER_RUN = 256  # minor page faults per timed run (1 MiB of 4 KiB pages) from which a measurement warns
+
+
+def fault_warning(result: dict) -> str | None:
+    """One line when a measurement's runs took fresh memory from the OS on every run (``faults_per_run`` of
+    :func:`measure_in_rounds` at least :data:`FAULT_WARN_PER_RUN`, on a CPU), else None.
+
+    Eager torch allocates every activation afresh; glibc's malloc hands large blocks back to the OS and takes them
+    again, page-faulting each page, or keeps them, depending on what the process allocated before. The same model
+    then reads faster or slower by process history alone (``benchmarks/README.md``, *page faults*: up to 1.6x
+    between two processes with glibc's defaults, 2.3x against one with mmap off, at batch 32), while onnxruntime's
+    arena does not fault per run.
+
+    >>> fault_warning({"faults_per_run": 3.0, "device": "cpu"}) is None
+    True
+    >>> fault_warning({"faults_per_run": 9000.0, "device": "cpu"}).startswith("each run took 9000 fresh pages")
+    True
+    """
+    f = result.get("faults_per_run")
+    if f is None or f < FAULT_WARN_PER_RUN or result.get("device") == "cuda":
+        return None
+    mb = f * os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else f * 4096 / 2**20
+    return (f"each run took {f:.0f} fresh pages ({mb:.1f} MB) from the OS: the memory allocator gave memory back "
+            f"between runs, and how much it gives back depends on what the process allocated before, so another "
+            f"process can run this model faster or slower (README, 'Page faults')")
 
 
 SPEED_TOLERANCE = 0.15  # measured / predicted beyond 1.15x or under 1 / 1.15x: the profile is not this machine

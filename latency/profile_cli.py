@@ -118,7 +118,7 @@ def measure_main(args) -> int:
     """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
     import json
 
-    from latency.measure import measure_arch
+    from latency.measure import fault_warning, measure_arch
     from nas.arch import Architecture
 
     arch = Architecture.load(args.arch)
@@ -135,6 +135,7 @@ def measure_main(args) -> int:
     ctx = Context(args.batch, args.seq_len)
     r = measure_arch(arch, ctx, backend=backend, device=device, threads=threads, protocol=protocol)
     r["protocol"] = protocol.to_dict()
+    r["fault_warning"] = fault_warning(r)
     if getattr(args, "profile", None):
         r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"]))
     if args.json:
@@ -142,11 +143,13 @@ def measure_main(args) -> int:
     else:
         print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
               f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
-              f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs)")
+              f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs"
+              + (f", {r['faults_per_run']:g} page faults per run" if r.get("faults_per_run") is not None else "") + ")")
         if r.get("predicted_latency_ms") is not None:
             print(f"{args.profile} predicts {r['predicted_latency_ms']:.3f} ms: measured {r['measured_vs_predicted']:.3f}x")
-        if r.get("speed_warning"):
-            print("warning: " + r["speed_warning"])
+        for w in ("speed_warning", "fault_warning"):
+            if r.get(w):
+                print("warning: " + r[w])
     return 0
 
 

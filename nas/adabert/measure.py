@@ -50,14 +50,15 @@ def same_device(prof, backend) -> list[str]:
 
 
 def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed",
-                 ratio: float | None = None) -> str:
+                 ratio: float | None = None, faults_per_run: float | None = None) -> str:
     """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s;
     ``ratio``: :func:`latency.measure.speed_ratio` of the measured models, read only when ``diffs`` is empty). A
     profile that recorded no ``cpu_id`` (made before hwnas recorded it) may come from another CPU under the same
     name (a VM's "AMD EPYC"): the note says that this is not confirmed, and :func:`latency.measure.speed_warning`
-    says when the measured models do not run as the profile predicts."""
+    says when the measured models do not run as the profile predicts. ``faults_per_run`` (the most of the measured
+    models): :func:`latency.measure.fault_warning` when their runs took fresh memory from the OS."""
     from latency.device import cpu_id
-    from latency.measure import speed_warning
+    from latency.measure import fault_warning, speed_warning
 
     if diffs:
         return ("this machine is not the profile's device (" + "; ".join(diffs[:3]) + "): figures are this "
@@ -66,10 +67,12 @@ def measure_note(prof, diffs: list[str], claim: str = "the budget is neither cla
     if not prof.meta.get("device", {}).get("cpu_id") and cpu_id():
         note += ("; the profile records no cpu_id, so that this is the CPU it was measured on (not only one of the "
                  "same name) is not confirmed: `hwnas list profiles --json` shows this_cpu")
-    warning = speed_warning(ratio, prof.name) if ratio is not None else None
-    if warning:
-        log.warning(warning)
-        note += "; " + warning
+    device = prof.meta.get("backend", {}).get("device", "cpu")
+    for warning in (speed_warning(ratio, prof.name) if ratio is not None else None,
+                    fault_warning({"faults_per_run": faults_per_run, "device": device})):
+        if warning:
+            log.warning(warning)
+            note += "; " + warning
     return note
 
 
@@ -129,6 +132,7 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
     budget = _budget(out)
     here = not diffs
     ratio = speed_ratio([(predicted_ms, ms["student"])])
+    faults = stats["student"].get("faults_per_run")
     return {
         "measured_latency_ms": ms["student"], "teacher_latency_ms": ms["teacher"], "bert_base_latency_ms": ms["bert_base"],
         "measured_p10_ms": stats["student"]["latency_p10_ms"], "measured_p90_ms": stats["student"]["latency_p90_ms"],
@@ -137,7 +141,8 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
         "budget_ratio": (ms["student"] / budget) if budget else None,
         "measured_on_profile_device": here,
         "measured_vs_predicted": ratio,
-        "measure_note": measure_note(prof, diffs, ratio=ratio),
+        "measured_faults_per_run": faults,
+        "measure_note": measure_note(prof, diffs, ratio=ratio, faults_per_run=faults),
         "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
                             f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
                             "median of visit medians",

@@ -35,7 +35,8 @@ from nas.spaces import Context
 
 log = logging.getLogger(__name__)
 
-MEASURED = ("measured_latency_ms", "measured_p10_ms", "measured_p90_ms", "budget_met", "budget_ratio")
+MEASURED = ("measured_latency_ms", "measured_p10_ms", "measured_p90_ms", "measured_faults_per_run", "budget_met",
+            "budget_ratio")
 
 
 class NasBertError(HwnasError, ValueError):
@@ -401,14 +402,15 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
         if s is None:
             continue
         r.update({"measured_latency_ms": s["latency_p50_ms"], "measured_p10_ms": s["latency_p10_ms"],
-                  "measured_p90_ms": s["latency_p90_ms"],
+                  "measured_p90_ms": s["latency_p90_ms"], "measured_faults_per_run": s.get("faults_per_run"),
                   "budget_ratio": s["latency_p50_ms"] / r["budget_ms"],
                   "budget_met": (s["latency_p50_ms"] <= r["budget_ms"]) if here else None})
         update_card(r["model_dir"], {"measured_latency_ms": s["latency_p50_ms"]})
     meta = prof.meta.get("backend", {})
     ratio = speed_ratio([(r.get("predicted_latency_ms"), r.get("measured_latency_ms")) for r in rows])
+    faults = max((s["faults_per_run"] for s in stats.values() if s.get("faults_per_run") is not None), default=None)
     return {"measured_on_profile_device": here, "measured_vs_predicted": ratio,
-            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio),
+            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio, faults),
             "measure_protocol": f"{meta.get('name')} {meta.get('version')}, {meta.get('threads')} thread(s), "
                                 "shuffled rounds, median of visit medians"}
 

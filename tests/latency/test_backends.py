@@ -1,5 +1,7 @@
 """Backends: registry, every op of the tiny spaces runs at two Contexts on one prepared graph, thread handling,
 the library measure_arch, and the CUDA paths (marked gpu, skipped without CUDA)."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -111,10 +113,52 @@ def test_measure_arch_library_function(backend):
     assert r["backend"] == backend and r["threads"] == 1 and r["flops"] > 0 and r["params"] > 0
 
 
-def test_fingerprint_has_the_protocol_fields():
+class FreshPages(torch.nn.Module):
+    """Touches ``pages`` freshly mapped 4 KiB pages per run (huge pages off for the mapping): one minor fault each."""
+
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+
+    def forward(self, x):
+        import mmap
+
+        if not self.pages:
+            return x
+        m = mmap.mmap(-1, self.pages * 4096)
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            m.madvise(mmap.MADV_NOHUGEPAGE)
+        for i in range(0, self.pages * 4096, 4096):
+            m[i] = 1
+        m.close()
+        return x
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="counts page faults with Linux's getrusage")
+def test_measure_in_rounds_counts_the_page_faults_of_the_timed_runs():
+    """``faults_per_run`` is what the runs themselves take: a module touching 2,000 fresh pages per run reads about
+    that many and warns; one touching none reads few and does not."""
+    from latency.measure import FAULT_WARN_PER_RUN, fault_warning, measure_in_rounds
+
+    be = get_backend("torch")
+    x = {"x": torch.zeros(4)}
+    r = measure_in_rounds(be, {"fresh": be.prepare(FreshPages(2000), x), "none": be.prepare(FreshPages(0), x)}, FAST)
+    assert 1900 <= r["fresh"]["faults_per_run"] <= 2200
+    assert r["none"]["faults_per_run"] < FAULT_WARN_PER_RUN / 10
+    assert "fresh pages" in fault_warning({**r["fresh"], "device": "cpu"})
+    assert fault_warning({**r["none"], "device": "cpu"}) is None
+    assert fault_warning({**r["fresh"], "device": "cuda"}) is None  # host pages say nothing of a GPU's time
+
+
+def test_fingerprint_has_the_protocol_fields(monkeypatch):
     fp = fingerprint(threads=1)
-    for k in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "os", "python", "torch", "onnxruntime", "numpy"):
+    for k in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "os", "python", "torch", "onnxruntime", "numpy",
+              "allocator_env"):
         assert k in fp
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0", "MALLOC_ARENA_MAX": "2"}.items() <= \
+        fingerprint(threads=1)["allocator_env"].items()
 
 
 # ------------------------------------------------------------------------------------------------- CUDA

@@ -104,7 +104,8 @@ def test_profile_rows_protocol_roofline_retest(tiny_profile):
     assert (p.ops["latency_p50_ms"] <= p.ops["latency_p90_ms"]).all()
     assert (p.ops["n_runs"] >= 3).all() and set(p.e2e["split"]) == {"calibration", "test"}
     m = p.meta
-    for field in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "torch", "onnxruntime", "numpy", "threads"):
+    for field in ("cpu_model", "cores", "governor", "gpu", "gpu_driver", "torch", "onnxruntime", "numpy", "threads",
+                  "allocator_env"):
         assert field in m["device"], field
     assert {"name", "version", "device", "provider", "threads", "graph_optimization", "dtype"} <= set(m["backend"])
     assert {"warmup_runs", "warmup_min_s", "min_runs", "max_runs", "target_rse", "time_cap_s", "statistic", "order",
@@ -247,7 +248,7 @@ def test_measure_json(tmp_path, capsys):
     r = json.loads(stdout)
     assert rc == 0
     assert {"latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "n_runs", "batch", "seq_len", "flops",
-            "params", "backend", "version", "threads", "protocol", "arch_json"} <= set(r)
+            "params", "backend", "version", "threads", "protocol", "arch_json", "faults_per_run", "fault_warning"} <= set(r)
     assert r["batch"] == 2 and r["backend"] == "onnxruntime" and r["n_runs"] >= r["protocol"]["min_runs"]
 
 

@@ -124,6 +124,10 @@ def test_compatibility_check_names_the_difference():
         check_compatible("p", meta(), meta(ort="1.32.0"))
     assert fingerprint_hash(meta()) == fingerprint_hash({**meta(), "created": "x"})
     assert fingerprint_hash(meta()) != fingerprint_hash(meta(threads=2))
+    # the allocator's environment is recorded for the reader, not compared (a profile without it reads the same)
+    tuned = {**meta(), "device": {**meta()["device"], "allocator_env": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}}}
+    check_compatible("p", meta(), tuned)
+    assert fingerprint_hash(tuned) == fingerprint_hash(meta())
 
 
 def test_cpu_identity_is_compared_where_both_profiles_recorded_it():
