@@ -246,9 +246,10 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     rows) re-measured now, one :func:`measure_arch` call each with the profile's backend, threads and protocol: how
     this machine runs today against the day it was profiled.
 
-    Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor, rows}``
-    with ``factor = 1 + median_signed_diff_pct / 100`` (what the profile's latencies are to be multiplied by) and
-    ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
+    Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor,
+    rows_faulting, rows}`` with ``factor = 1 + median_signed_diff_pct / 100`` (what the profile's latencies are to be
+    multiplied by), ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on
+    the allocator's state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
     the Zen 5 VM read 5-7 % slower than its profile two to three hours later, in states that flip within minutes); a
     search aims at a budget, so a predictor can carry this factor (:meth:`latency.predictor.Predictor.set_speed`,
     ``hwnas recheck --apply``).
@@ -265,15 +266,16 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     test = test if len(test) else prof.e2e
     backend = prof.meta["backend"]
     protocol = Protocol.from_dict(prof.meta["protocol"])
-    pairs = []
+    pairs, faulting = [], 0
     for _, r in test.sample(n=min(n, len(test)), random_state=seed).iterrows():
         m = measure_arch(Architecture.from_json(r["arch_json"]), Context(int(r["batch"]), int(r["seq_len"])),
                          backend=backend["name"], device=backend.get("device", "cpu"),
                          threads=int(backend["threads"]), protocol=protocol)
         pairs.append((float(r["latency_p50_ms"]), float(m["latency_p50_ms"])))
+        faulting += fault_warning(m) is not None
     agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
              if k != "within_2pct"}
-    return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "rows": pairs}
+    return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "rows_faulting": faulting, "rows": pairs}
 
 
 def check_context(space, ctx: Context) -> None:

@@ -81,7 +81,7 @@ def recheck_cli(args) -> int:
     with ``--apply``, write the speed factor into ``PROFILE/predictor.json``."""
     import datetime as dt
 
-    from latency.measure import recheck, speed_in_bounds
+    from latency.measure import FAULT_WARN_PER_RUN, recheck, speed_in_bounds
     from latency.predictor import load_predictor
 
     prof = read_profile(args.profile)
@@ -101,6 +101,10 @@ def recheck_cli(args) -> int:
              f"|diff| median {r['median_abs_diff_pct']:.2f} %, p90 {r['p90_abs_diff_pct']:.2f} %)",
              f"wrote speed factor {r['factor']:.4f} into {prof.path / 'predictor.json'}" if args.apply else
              f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
+    if r["rows_faulting"]:
+        lines.append(f"warning: {r['rows_faulting']} of the {r['n']} rows took at least {FAULT_WARN_PER_RUN} page faults "
+                     f"per run in this process: their time depends on the memory allocator's state, not only on the "
+                     f"machine's speed (README, 'Page faults')")
     _emit(summary, args.json, "\n".join(lines))
     return 0
 

@@ -66,7 +66,9 @@ class BlockCost:
 
 def fill_bins(cost: BlockCost, n_groups: int, lpg: int, bins: int, per_bin: int, seed: int,
               draws: int = 20000) -> tuple[list[list[tuple[int, ...]]], np.ndarray]:
-    """Sample paths into ``bins`` equal-width latency bins, up to ``per_bin`` each.
+    """Sample paths into ``bins`` equal-width latency bins, up to ``per_bin`` each. The block's fastest and slowest
+    paths (:meth:`BlockCost.extremes`) are always among them (first and last bin), so that every budget down to the
+    space's fastest architecture stays reachable (:func:`halve` keeps them too).
 
     Returns ``(paths per bin, bin edges in ms)``.
     """
@@ -92,20 +94,25 @@ def fill_bins(cost: BlockCost, n_groups: int, lpg: int, bins: int, per_bin: int,
     which = np.clip(np.searchsorted(edges, ms, side="right") - 1, 0, bins - 1)
     pick = random.Random(seed)
     out = []
+    ends = {0: tuple(int(v) for v in lo_path), bins - 1: tuple(int(v) for v in hi_path)}
     for b in range(bins):
         members = [tuple(int(v) for v in row) for row in paths[which == b]]
         pick.shuffle(members)
+        if b in ends:  # the extreme first, so the cap never drops it
+            members = [ends[b], *(m for m in members if m != ends[b])]
         out.append(sorted(members[:per_bin]))
     return out, edges
 
 
-def halve(pool: list[list[tuple[int, ...]]], scores: dict[tuple[int, ...], float], keep: int
-          ) -> list[list[tuple[int, ...]]]:
-    """Per bin, the better half (lower score) of its paths, never fewer than ``keep`` (ties: path order)."""
+def halve(pool: list[list[tuple[int, ...]]], scores: dict[tuple[int, ...], float], keep: int,
+          protect: tuple[tuple[int, ...], ...] = ()) -> list[list[tuple[int, ...]]]:
+    """Per bin, the better half (lower score) of its paths, never fewer than ``keep`` (ties: path order); the
+    paths in ``protect`` (the block's fastest and slowest) stay whatever their score."""
     out = []
     for members in pool:
         ranked = sorted(members, key=lambda p: (scores[p], p))
-        out.append(sorted(ranked[: max(min(keep, len(ranked)), len(ranked) // 2)]))
+        kept = ranked[: max(min(keep, len(ranked)), len(ranked) // 2)]
+        out.append(sorted(kept + [p for p in ranked if p in protect and p not in kept]))
     return out
 
 

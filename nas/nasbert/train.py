@@ -6,8 +6,9 @@ every two minutes inside training):
 
 1. ``warmup``: ``warmup_steps`` steps, each on one uniformly sampled path (a width per group, an op per layer).
 2. ``score`` / ``train`` rounds: the bins are filled (:func:`nas.nasbert.shrink.fill_bins`); every round scores
-   each bin's paths on ``score_batches`` held-out batches, keeps the better half (never fewer than ``keep_per_bin``),
-   then trains ``round_steps`` steps on the survivors only (a bin, then one of its paths, uniformly).
+   each bin's paths on ``score_batches`` held-out batches, keeps the better half (never fewer than ``keep_per_bin``,
+   and always the block's fastest and slowest paths, so that tight budgets stay reachable), then trains
+   ``round_steps`` steps on the survivors only (a bin, then one of its paths, uniformly).
 3. ``final``: the survivors are scored once more; these are the block losses selection combines.
 
 Each step's path and batch depend only on (seed, block, step), so a resumed run equals an uninterrupted one, and
@@ -91,11 +92,12 @@ class BlockTrainer:
         y = self.net(x, mask, path)  # (b, T, H_last)
         loss = fit_loss(y, target, self.energy) * (len(mine) * self.part.size / len(rows))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        used = self.net.path_parameters(path)
-        average_gradients(used, self.part.group, self.part.size)
-        nn.utils.clip_grad_norm_(used, 1.0)
-        self.opt.step()
+        if loss.requires_grad:  # a path of parameter-free ops only (the block's fastest, e.g.) has nothing to train
+            loss.backward()
+            used = self.net.path_parameters(path)
+            average_gradients(used, self.part.group, self.part.size)
+            nn.utils.clip_grad_norm_(used, 1.0)
+            self.opt.step()
         self.sched.step()
         return loss.item()
 
@@ -171,7 +173,7 @@ class BlockTrainer:
             elif st["phase"] == "score":
                 flat = [p for m in st["pool"] for p in m]
                 scores = self.score(flat, st["round"])
-                kept = halve(st["pool"], scores, cfg.keep_per_bin)
+                kept = halve(st["pool"], scores, cfg.keep_per_bin, self.cost.extremes(len(self.net.layout.groups)))
                 st["rounds"].append({"round": st["round"], "scored": len(flat),
                                      "kept": sum(len(m) for m in kept),
                                      "survivors": [[{"path": list(p), "loss": scores[p]} for p in m] for m in kept]})

@@ -110,6 +110,30 @@ def test_recheck_measures_the_profiles_rows_and_applies_a_speed_factor(real_tiny
     r = recheck(read_profile(prof_dir), 2, seed=1)
     assert r["n"] == 2 and len(r["rows"]) == 2 and all(a > 0 and b > 0 for a, b in r["rows"])
     assert main(["fit", str(prof_dir)]) == 0 and load_predictor(prof_dir).speed == 1.0
+    assert 0 <= r["rows_faulting"] <= 2
+
+
+def test_recheck_warns_when_rows_page_fault(real_tiny_profile, tmp_path, capsys, monkeypatch):
+    """Rows whose runs page-faulted say so: their time is the allocator's as much as the machine's speed."""
+    import shutil
+
+    import latency.measure as lm
+
+    prof_dir = tmp_path / "p"
+    shutil.copytree(real_tiny_profile, prof_dir)
+    assert main(["fit", str(prof_dir)]) == 0
+    monkeypatch.setattr(lm, "recheck", lambda prof, n, seed: {
+        "n": 4, "median_signed_diff_pct": 3.0, "median_abs_diff_pct": 3.0, "p90_abs_diff_pct": 5.0,
+        "max_abs_diff_pct": 6.0, "factor": 1.03, "rows_faulting": 2, "rows": [(1.0, 1.03)] * 4})
+    capsys.readouterr()
+    assert main(["recheck", str(prof_dir), "--rows", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 of the 4 rows took at least 256 page faults per run" in out
+    monkeypatch.setattr(lm, "recheck", lambda prof, n, seed: {
+        "n": 4, "median_signed_diff_pct": 3.0, "median_abs_diff_pct": 3.0, "p90_abs_diff_pct": 5.0,
+        "max_abs_diff_pct": 6.0, "factor": 1.03, "rows_faulting": 0, "rows": [(1.0, 1.03)] * 4})
+    assert main(["recheck", str(prof_dir), "--rows", "4"]) == 0
+    assert "page faults" not in capsys.readouterr().out
 
 
 def test_recheck_bad_input_is_one_line(real_tiny_profile, tmp_path, capsys):

@@ -169,6 +169,10 @@ def test_block_extremes_are_exact_and_bins_hold_their_paths(space, cost):
         assert np.all(ms >= edges[b] - 1e-9) and np.all(ms <= edges[b + 1] + 1e-9)
     again, _ = fill_bins(bc, 2, space.layers_per_block, 5, 10, seed=3)
     assert again == pool  # one seed, the same bins
+    lo, hi = bc.extremes(2)
+    for per_bin in (1, 10):  # the block's fastest and slowest paths are in, however small the bins
+        tight, _ = fill_bins(bc, 2, space.layers_per_block, 5, per_bin, seed=3)
+        assert lo in tight[0] and hi in tight[-1] and all(len(m) <= per_bin for m in tight)
 
 
 def test_halving_keeps_the_better_half_but_never_fewer_than_m():
@@ -177,6 +181,8 @@ def test_halving_keeps_the_better_half_but_never_fewer_than_m():
     kept = halve(pool, scores, keep=2)
     assert kept[0] == [(4,), (5,), (6,), (7,)] and kept[1] == [(11,), (12,)] and kept[2] == []
     assert halve(kept, scores, keep=2)[0] == [(6,), (7,)]
+    # the block's extremes stay whatever their loss (here the worst of their bins)
+    assert halve(pool, scores, keep=2, protect=((0,), (10,)))[:2] == [[(0,), (4,), (5,), (6,), (7,)], [(10,), (11,), (12,)]]
 
 
 def test_pareto_mask():
@@ -199,7 +205,11 @@ def test_run_folder_and_report(run, space, cost):
     for blk in r["blocks"]:
         assert blk["paths_in_block"] == 3 ** 2 * 14 ** 4
         kept = blk["survivors_per_round"]
-        assert kept == sorted(kept, reverse=True) and kept[-1] <= CFG.bins * CFG.keep_per_bin
+        assert kept == sorted(kept, reverse=True) and kept[-1] <= CFG.bins * CFG.keep_per_bin + 2  # + the extremes
+    for b in range(2):  # each block's fastest and slowest paths survive: the space's whole range stays selectable
+        blk = json.loads((out / f"blocks/block{b}.json").read_text())
+        ms = [s["latency_ms"] for s in blk["survivors"]]
+        assert min(ms) == pytest.approx(blk["bin_edges_ms"][0]) and max(ms) == pytest.approx(blk["bin_edges_ms"][-1])
     rows = {b["budget_ms"]: b for b in r["budgets"]}
     assert rows[0.01]["feasible"] is False and "fastest" in rows[0.01]["note"]
     assert rows[0.01]["fastest_ms"] == pytest.approx(cand["predicted_latency_ms"].min())
