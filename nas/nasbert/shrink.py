@@ -67,8 +67,8 @@ class BlockCost:
 def fill_bins(cost: BlockCost, n_groups: int, lpg: int, bins: int, per_bin: int, seed: int,
               draws: int = 20000) -> tuple[list[list[tuple[int, ...]]], np.ndarray]:
     """Sample paths into ``bins`` equal-width latency bins, up to ``per_bin`` each. The block's fastest and slowest
-    paths (:meth:`BlockCost.extremes`) are always among them (first and last bin), so that every budget down to the
-    space's fastest architecture stays reachable (:func:`halve` keeps them too).
+    paths (:meth:`BlockCost.extremes`) are always among them (first and last bin, beside the cap), so that every
+    budget down to the space's fastest architecture stays reachable (:func:`halve` keeps them too).
 
     Returns ``(paths per bin, bin edges in ms)``.
     """
@@ -98,9 +98,10 @@ def fill_bins(cost: BlockCost, n_groups: int, lpg: int, bins: int, per_bin: int,
     for b in range(bins):
         members = [tuple(int(v) for v in row) for row in paths[which == b]]
         pick.shuffle(members)
-        if b in ends:  # the extreme first, so the cap never drops it
-            members = [ends[b], *(m for m in members if m != ends[b])]
-        out.append(sorted(members[:per_bin]))
+        kept = members[:per_bin]
+        if b in ends and ends[b] not in kept:  # beside the cap: the sampled members stay what they were
+            kept.append(ends[b])
+        out.append(sorted(kept))
     return out, edges
 
 

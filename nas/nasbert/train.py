@@ -6,9 +6,10 @@ every two minutes inside training):
 
 1. ``warmup``: ``warmup_steps`` steps, each on one uniformly sampled path (a width per group, an op per layer).
 2. ``score`` / ``train`` rounds: the bins are filled (:func:`nas.nasbert.shrink.fill_bins`); every round scores
-   each bin's paths on ``score_batches`` held-out batches, keeps the better half (never fewer than ``keep_per_bin``,
-   and always the block's fastest and slowest paths, so that tight budgets stay reachable), then trains
-   ``round_steps`` steps on the survivors only (a bin, then one of its paths, uniformly).
+   each bin's paths on ``score_batches`` held-out batches, keeps the better half (never fewer than ``keep_per_bin``),
+   then trains ``round_steps`` steps on the survivors only (a bin, then one of its paths, uniformly). The block's
+   fastest and slowest paths are kept as candidates whatever their score, so that tight budgets stay reachable,
+   but not trained on (their ops' weights are shared with the paths that are).
 3. ``final``: the survivors are scored once more; these are the block losses selection combines.
 
 Each step's path and batch depend only on (seed, block, step), so a resumed run equals an uninterrupted one, and
@@ -65,6 +66,7 @@ class BlockTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.energy = float(targets.energy[self.b])
         self._perm: dict[int, torch.Tensor] = {}
+        self.ends = tuple(cost.extremes(len(net.layout.groups)))  # the block's fastest and slowest paths
 
     # -- data ------------------------------------------------------------------------------------------
     def train_rows(self, step: int) -> torch.Tensor:
@@ -129,7 +131,8 @@ class BlockTrainer:
         rng = random.Random(f"{self.cfg.seed}:{self.b}:{step}")
         if pool is None:
             return self.net.sample(rng)
-        members = rng.choice([m for m in pool if m])
+        trainable = [[p for p in m if p not in self.ends] for m in pool]  # the extremes are kept, not trained
+        members = rng.choice([m for m in trainable if m] or [m for m in pool if m])
         return rng.choice(members)
 
     # -- the whole block -------------------------------------------------------------------------------
@@ -173,7 +176,7 @@ class BlockTrainer:
             elif st["phase"] == "score":
                 flat = [p for m in st["pool"] for p in m]
                 scores = self.score(flat, st["round"])
-                kept = halve(st["pool"], scores, cfg.keep_per_bin, self.cost.extremes(len(self.net.layout.groups)))
+                kept = halve(st["pool"], scores, cfg.keep_per_bin, self.ends)
                 st["rounds"].append({"round": st["round"], "scored": len(flat),
                                      "kept": sum(len(m) for m in kept),
                                      "survivors": [[{"path": list(p), "loss": scores[p]} for p in m] for m in kept]})
