@@ -211,21 +211,29 @@ def speed_ratio(pairs: list[tuple[float | None, float | None]]) -> float | None:
     return statistics.median(r) if r else None
 
 
-def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANCE) -> str | None:
+def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANCE, faulted: bool = False
+                  ) -> str | None:
     """One line when what was measured is ``ratio`` x what the profile predicts and that is beyond ``tol`` either
     way (the predictor's held-out error is a few percent): the profile's device and this machine are not running
     alike (another CPU under the same name, a busy machine, another library build), so the budget the search
-    aimed at is not this machine's. None when within.
+    aimed at is not this machine's. None when within. ``faulted``: the runs page-faulted (:func:`fault_warning`),
+    which names a cause in this process before another machine.
 
     >>> speed_warning(1.08, "p") is None, speed_warning(0.54, "p")[:40]
     (True, 'measured 0.54x the latency that profile ')
+    >>> "page-faulted" in speed_warning(1.2, "p", faulted=True)
+    True
     """
     if ratio is None or (1 / (1 + tol)) <= ratio <= 1 + tol:
         return None
-    return (f"measured {ratio:.2f}x the latency that profile {profile} predicts (more than {tol:.0%} off): this "
-            "machine does not run like the profile's device (another CPU under the same name, other load, another "
-            f"library build); profile this machine (`hwnas profile --transfer-from {profile} --out NEW`, about 3 "
-            "minutes) and search with NEW")
+    head = f"measured {ratio:.2f}x the latency that profile {profile} predicts (more than {tol:.0%} off): "
+    if faulted:
+        return head + ("the runs page-faulted (next warning), which moves eager torch's latency with the memory "
+                       "allocator's state; if the allocator's settings match the profile's (`device.allocator_env`), "
+                       f"this machine does not run like the profile's device: `hwnas recheck {profile}`")
+    return head + ("this machine does not run like the profile's device (another CPU under the same name, other load, "
+                   f"another library build); profile this machine (`hwnas profile --transfer-from {profile} --out "
+                   "NEW`, about 3 minutes) and search with NEW")
 
 
 RECHECK_MAX = 0.15  # a recheck farther off than this is not drift but another machine: re-profile instead

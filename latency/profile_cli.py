@@ -137,7 +137,7 @@ def measure_main(args) -> int:
     r["protocol"] = protocol.to_dict()
     r["fault_warning"] = fault_warning(r)
     if getattr(args, "profile", None):
-        r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"]))
+        r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"], faulted=bool(r["fault_warning"])))
     if args.json:
         print(json.dumps(r))
     else:
@@ -153,7 +153,7 @@ def measure_main(args) -> int:
     return 0
 
 
-def _against_profile(profile: str, arch, ctx: Context, measured_ms: float) -> dict:
+def _against_profile(profile: str, arch, ctx: Context, measured_ms: float, faulted: bool = False) -> dict:
     """What ``profile``'s predictor says of ``arch`` at ``ctx`` next to the measurement: ``predicted_latency_ms``,
     ``measured_vs_predicted`` and ``speed_warning`` (None within tolerance); ``predictor_note`` instead when the
     profile has no usable predictor or it does not cover the architecture."""
@@ -168,4 +168,4 @@ def _against_profile(profile: str, arch, ctx: Context, measured_ms: float) -> di
         return {"predicted_latency_ms": None, "predictor_note": str(e)}
     ratio = speed_ratio([(predicted, measured_ms)])
     return {"predicted_latency_ms": predicted, "measured_vs_predicted": ratio,
-            "speed_warning": speed_warning(ratio, profile)}
+            "speed_warning": speed_warning(ratio, profile, faulted=faulted)}

@@ -68,8 +68,8 @@ def measure_note(prof, diffs: list[str], claim: str = "the budget is neither cla
         note += ("; the profile records no cpu_id, so that this is the CPU it was measured on (not only one of the "
                  "same name) is not confirmed: `hwnas list profiles --json` shows this_cpu")
     device = prof.meta.get("backend", {}).get("device", "cpu")
-    for warning in (speed_warning(ratio, prof.name) if ratio is not None else None,
-                    fault_warning({"faults_per_run": faults_per_run, "device": device})):
+    faults = fault_warning({"faults_per_run": faults_per_run, "device": device})
+    for warning in (speed_warning(ratio, prof.name, faulted=bool(faults)) if ratio is not None else None, faults):
         if warning:
             log.warning(warning)
             note += "; " + warning

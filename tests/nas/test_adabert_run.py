@@ -339,3 +339,9 @@ def test_measure_note_warns_when_the_models_do_not_run_as_the_profile_predicts()
     assert "hwnas profile --transfer-from amd-epyc-2c_ort-1.31_t1 --out NEW" in note
     assert "1.60x" in measure_note(prof, [], ratio=1.6)
     assert "predicts" not in measure_note(prof, ["device.cores 2 -> 4"], ratio=None)  # another device: said already
+    # runs that page-faulted: the note says so, and the speed warning names that cause before another machine
+    faulted = measure_note(prof, [], ratio=1.2, faults_per_run=9000.0)
+    assert "the runs page-faulted" in faulted and "each run took 9000 fresh pages" in faulted
+    assert "--transfer-from" not in faulted and "hwnas recheck amd-epyc-2c_ort-1.31_t1" in faulted
+    assert measure_note(prof, [], ratio=1.0, faults_per_run=9000.0).endswith("(README, 'Page faults')")
+    assert measure_note(prof, [], ratio=1.0, faults_per_run=10.0) == plain
