@@ -155,6 +155,15 @@ def main() -> int:
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
+    from latency.predictor import load_predictor
+    from latency.profile_data import read_profile
+    from nas.errors import HwnasError
+
+    try:  # a missing or foreign profile, or a stale predictor: one line here, not a worker's traceback
+        prof = read_profile(args.profile)
+        load_predictor(prof.path / "predictor.json", prof)
+    except HwnasError as e:
+        raise SystemExit(f"page_faults: {e}") from None
     res = {"what": __doc__.split("\n\n")[0], "profile": args.profile, "date": datetime.date.today().isoformat(),
            "fault_warn_per_run": FAULT_WARN_PER_RUN,
            "bands": {b: [lo, None if hi == np.inf else hi] for b, (lo, hi) in BANDS.items()}, "modes": {}}
@@ -164,9 +173,10 @@ def main() -> int:
             raise SystemExit(f"--merge: {args.out} is of profile {old.get('profile')}, not {args.profile}")
         res["modes"] = old["modes"]
     modes = {"default": None, "pinned": PINNED, "no_mmap": NO_MMAP}
+    unknown = [m for m in args.modes.split(",") if m not in modes]
+    if unknown:
+        raise SystemExit(f"page_faults: unknown mode {unknown[0]!r}; use {', '.join(modes)}")
     for mode in args.modes.split(","):
-        if mode not in modes:
-            raise SystemExit(f"unknown mode {mode!r}; use {', '.join(modes)}")
         tunables = modes[mode]
         rows = run_mode(args.profile, spaces, tunables)
         res["modes"][mode] = {"glibc_tunables": tunables, "summary": summarize_mode(rows), "rows": rows}
