@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import torch
 
+from latency.allocator import apply_allocator
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.stats import Protocol, combine_visits, next_chunk, stop_reason, summarize, wants_retake
 from nas.spaces.ops import Context
@@ -86,12 +87,14 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     entry once in its own seeded order, then extra rounds for the entries whose visits disagree
     (:func:`wants_retake`), up to ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry
     :func:`combine_visits`, with ``faults_per_run`` (the median over visits of the minor page faults per timed run,
-    where the OS counts them: memory the runs took fresh from the OS, see :data:`FAULT_WARN_PER_RUN`).
+    where the OS counts them: memory the runs took fresh from the OS, see :data:`FAULT_WARN_PER_RUN`) and
+    ``allocator`` (what :func:`latency.allocator.apply_allocator` set for ``protocol.allocator``).
 
     With one entry this is what ``hwnas measure`` does; with several (a student, its teacher and BERT-base) the
     rounds interleave them, so slow drift of the machine moves all alike.
     """
     rules = protocol.for_kind(kind)
+    allocator = apply_allocator(protocol.allocator)
     backend.settle()
     for r in entries.values():  # every session is fresh here
         warm_up_fresh(backend, r, protocol)
@@ -111,7 +114,7 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
     for k, v in visits.items():
         per_run = [x["faults_per_run"] for x in v if x["faults_per_run"] is not None]
         out[k] = {**combine_visits(v, protocol.statistic),
-                  "faults_per_run": round(statistics.median(per_run), 1) if per_run else None}
+                  "faults_per_run": round(statistics.median(per_run), 1) if per_run else None, "allocator": allocator}
     return out
 
 

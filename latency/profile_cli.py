@@ -144,7 +144,8 @@ def measure_main(args) -> int:
         print(f"{args.arch} ({r['space']}/{r['preset']}) at batch {r['batch']}, seq_len {r['seq_len']} on "
               f"{r['backend']} {r['version']} ({r['device']}, {r['threads']} threads): p50 {r['latency_p50_ms']:.3f} ms "
               f"(p10 {r['latency_p10_ms']:.3f}, p90 {r['latency_p90_ms']:.3f}, CV {r['cv']:.3f}, {r['n_runs']} runs"
-              + (f", {r['faults_per_run']:g} page faults per run" if r.get("faults_per_run") is not None else "") + ")")
+              + (f", {r['faults_per_run']:g} page faults per run" if r.get("faults_per_run") is not None else "")
+              + f"; allocator {r['allocator']})")
         if r.get("predicted_latency_ms") is not None:
             print(f"{args.profile} predicts {r['predicted_latency_ms']:.3f} ms: measured {r['measured_vs_predicted']:.3f}x")
         for w in ("speed_warning", "fault_warning"):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from latency.allocator import apply_allocator
 from latency.backends.base import Backend, Runnable, get_backend
 from latency.device import fingerprint, gpu_clocks
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal, visit_graph  # noqa: F401
@@ -437,7 +438,8 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             backend.use_workdir(folder / ".work")  # exported graphs; cleared by the next run after a kill
             meta = stored or meta
             session = {"started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "visits_measured": 0,
-                       "loadavg_start": _loadavg(), "cpu_affinity": fingerprint(cfg.threads)["cpu_affinity"]}
+                       "loadavg_start": _loadavg(), "cpu_affinity": fingerprint(cfg.threads)["cpu_affinity"],
+                       "allocator": apply_allocator(cfg.protocol.allocator)}
             if cfg.device == "cuda":
                 session["gpu_clocks_start"] = gpu_clocks()
             meta["status"], meta["sessions"] = "running", [*meta.get("sessions", []), session]

@@ -53,6 +53,9 @@ class Protocol:
     # a user's session at one shape does ("shared": one session per graph across every Context, the rule before
     # 2026-12-04: with onnxruntime AdaBERT at b1 s128 then read 2.3-3.0 % slower than in a session of its own, and
     # shrinking the session's arena did not help). torch modules hold no such state: the same either way
+    allocator: str = "no_mmap"  # the C allocator while measuring (latency.allocator): "no_mmap" takes every block
+    # from a heap that is never handed back, so a model's runs take no page faults once it has grown (eager torch
+    # otherwise faulted or not by the process's history: 1.6x apart); "default": glibc's own settings
 
     def for_kind(self, kind: str) -> Protocol:
         """The rules one visit of an ``op`` or ``e2e`` entry follows (whole models: their own warm-up, runs, cap)."""
@@ -77,7 +80,7 @@ class Protocol:
 # fields added after profiles were shipped -> the old behaviour: another field's value ("=name") or a constant
 LEGACY = {"e2e_warmup_runs": "=warmup_runs", "e2e_warmup_min_s": "=warmup_min_s", "e2e_min_runs": "=min_runs",
           "fresh_warmup_s": 0.0, "retake_spread": float("inf"), "max_visits": 0, "retest": "after",
-          "e2e_visits": "=visits", "e2e_session": "shared"}
+          "e2e_visits": "=visits", "e2e_session": "shared", "allocator": "default"}
 
 
 def as_array(samples_s) -> np.ndarray:

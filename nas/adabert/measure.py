@@ -126,8 +126,6 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
     labels = json.loads((out / "model" / "config.json").read_text())["num_labels"]
     stats, diffs = measure_models(prof, ctx, {"teacher": teacher, "bert_base": bert_base()},
                                   Architecture.load(out / "arch.json"), labels)
-    protocol = prof.meta["protocol"]
-    backend_meta = prof.meta.get("backend", {})
     ms = {k: v["latency_p50_ms"] for k, v in stats.items()}
     budget = _budget(out)
     here = not diffs
@@ -143,10 +141,21 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
         "measured_vs_predicted": ratio,
         "measured_faults_per_run": faults,
         "measure_note": measure_note(prof, diffs, ratio=ratio, faults_per_run=faults),
-        "measure_protocol": f"{backend_meta.get('name')} {backend_meta.get('version')}, "
-                            f"{backend_meta.get('threads')} thread(s), {protocol['visits']} visits in shuffled rounds, "
-                            "median of visit medians",
+        "measure_protocol": protocol_text(prof, stats),
     }
+
+
+def protocol_text(prof, stats: dict[str, dict]) -> str:
+    """How :func:`measure_models` measured, in words for a report: the profile's backend, threads, whole-model
+    visits, and the allocator the measurement ran under (:func:`latency.allocator.allocator_note`)."""
+    from latency.allocator import allocator_note
+    from latency.stats import Protocol
+
+    b = prof.meta.get("backend", {})
+    visits = Protocol.from_dict(prof.meta["protocol"]).for_kind("e2e").visits
+    applied = next((s["allocator"] for s in stats.values() if s.get("allocator")), None)
+    return (f"{b.get('name')} {b.get('version')}, {b.get('threads')} thread(s), {visits} visits in shuffled rounds "
+            "(more where they disagree), median of visit medians" + allocator_note(applied))
 
 
 def _budget(out: Path) -> float | None:

@@ -224,6 +224,9 @@ def test_resume_after_sigkill(tmp_path, device):
     assert all(sorted(v) == list(range(len(v))) and 2 <= len(v) <= 3 for v in per_entry.values())  # retakes: <= 3
     meta = load_profile(out).meta
     assert meta["status"] == "complete"
+    # every session (the killed ones too) records the allocator it measured under: the protocol's
+    assert meta["protocol"]["allocator"] == "no_mmap"
+    assert {s["allocator"] for s in meta["sessions"]} <= {"no_mmap", "default (not glibc: no_mmap not set)"}
     if device == "cuda":
         assert meta["backend"]["device"] == "cuda" and "CUDA events" in meta["backend"]["timer"]
         assert meta["device"]["gpu"] and meta["device"]["gpu_memory_gb"] > 0 and meta["device"]["cuda"]
