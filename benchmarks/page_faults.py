@@ -12,7 +12,9 @@ page faults per timed run of each. Then, per space and per fault band (none: < 1
 :data:`latency.measure.FAULT_WARN_PER_RUN`), it compares the re-measurement with the profile's row and with the
 profile's saved predictor. ``--modes`` repeats it in processes with other glibc malloc settings
 (``GLIBC_TUNABLES``): ``pinned`` (the mmap threshold at its most, 32 MB, and no trimming: no faults below 32 MB)
-and ``no_mmap`` (no block from mmap at all, and no trimming: no faults once the heap has grown).
+and ``no_mmap`` (no block from mmap at all, and no trimming: no faults once the heap has grown; what the protocol's
+``allocator="no_mmap"`` sets with ``mallopt`` since 2026-12-05). Each mode measures with the protocol's allocator
+left at ``default``, so that the environment alone decides.
 
 Nothing else may run on the machine meanwhile. Run: ``python benchmarks/page_faults.py [PROFILE]
 [--spaces adabert,nasbert] [--modes default,pinned,no_mmap]``; ``--markdown`` prints the README table of ``--out``.
@@ -26,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +71,9 @@ def worker(profile: str, spaces: list[str], out: str) -> None:
         entries[str(i)] = run
         info[str(i)] = {"space": arch.space, "ctx": str(ctx), "profile_ms": float(r["latency_p50_ms"]),
                         "predicted_ms": float(pred.predict(arch, ctx))}
-    res = measure_in_rounds(backend, entries, Protocol.from_dict(prof.meta["protocol"]))
+    # the profile's rules, but malloc as the mode's environment leaves it (the protocol's allocator would override it)
+    protocol = replace(Protocol.from_dict(prof.meta["protocol"]), allocator="default")
+    res = measure_in_rounds(backend, entries, protocol)
     rows = [{**info[k], "now_ms": v["latency_p50_ms"], "faults_per_run": v["faults_per_run"]} for k, v in res.items()]
     Path(out).write_text(json.dumps(rows))
 
