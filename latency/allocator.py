@@ -44,10 +44,8 @@ def apply_allocator(mode: str) -> str:
     """Put this process's allocator in ``mode`` (one of :data:`ALLOCATORS`) for what is measured next; returns
     what holds now, for the record: ``no_mmap``, ``default``, ``default (static thresholds)`` (``default`` asked
     after ``no_mmap`` in the same process: glibc cannot go back to its growing threshold) or ``default (not glibc:
-    MODE not set)``. Idempotent and cheap: every measurement calls it.
-
-    >>> apply_allocator("default")
-    'default'
+    MODE not set)``. Idempotent and cheap: every measurement calls it. Process-wide: the tests call it in a
+    subprocess of their own.
     """
     if mode not in ALLOCATORS:
         from nas.errors import HwnasError

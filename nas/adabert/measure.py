@@ -152,7 +152,7 @@ def protocol_text(prof, stats: dict[str, dict]) -> str:
     from latency.stats import Protocol
 
     b = prof.meta.get("backend", {})
-    visits = Protocol.from_dict(prof.meta["protocol"]).for_kind("e2e").visits
+    visits = Protocol.from_dict(prof.meta.get("protocol", {})).for_kind("e2e").visits
     applied = next((s["allocator"] for s in stats.values() if s.get("allocator")), None)
     return (f"{b.get('name')} {b.get('version')}, {b.get('threads')} thread(s), {visits} visits in shuffled rounds "
             "(more where they disagree), median of visit medians" + allocator_note(applied))

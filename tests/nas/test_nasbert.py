@@ -445,13 +445,14 @@ def test_measure_step_sets_measured_beside_predicted_and_warns_when_far_off(monk
     prof = SimpleNamespace(name="p", meta={"device": {"cpu_id": cpu_id()}, "backend": {"name": "onnxruntime"}})
     measured = {"2.0": 1.0, "4.0": 2.0}  # half of what the profile predicts
     monkeypatch.setattr(am, "measure_models", lambda prof, ctx, classifiers, archs: (
-        {k: {"latency_p50_ms": measured[k], "latency_p10_ms": measured[k], "latency_p90_ms": measured[k]}
-         for k in archs}, []))
+        {k: {"latency_p50_ms": measured[k], "latency_p10_ms": measured[k], "latency_p90_ms": measured[k],
+             "allocator": "no_mmap"} for k in archs}, []))
     monkeypatch.setattr(nas.modeling, "update_card", lambda *a, **k: None)
     out = _measure(rows, prof, CTX)
     assert [r.get("measured_latency_ms") for r in rows] == [1.0, 2.0, None]
     assert rows[0]["budget_ratio"] == 0.5 and rows[0]["budget_met"] is True
     assert out["measured_vs_predicted"] == pytest.approx((1.0 / 1.9 + 2.0 / 3.8) / 2)
     assert "measured 0.53x the latency that profile p predicts" in out["measure_note"]
+    assert "deploy with GLIBC_TUNABLES=glibc.malloc.mmap_max=0" in out["measure_protocol"]  # what it measured under
     measured.update({"2.0": 1.9, "4.0": 3.9})
     assert "predicts" not in _measure(rows, prof, CTX)["measure_note"]
