@@ -172,29 +172,52 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
     }
 
 
-FAULT_WARN_PER_RUN = 256  # minor page faults per timed run (1 MiB of 4 KiB pages) from which a measurement warns
+FAULT_WARN_PER_RUN = 256  # minor page faults per timed run (1 MiB of 4 KiB pages) from which a measurement may warn ...
+FAULT_COST_US = 1.5  # ... by what they cost: one fault, measured (the Zen 5 VM, 2026-12-05: the time the 23 heavy rows
+# of results/page_faults.json lost to their faults under glibc's defaults against mmap off, over their count: median
+# 1.5 us, 1.1-3.7)
+FAULT_WARN_SHARE = 0.02  # ... and warns where they cost at least this share of the run (a few hundred faults of a
+# 300 ms model, 0.1 %, are the heap growing in a first visit, not the model's time)
+
+
+def fault_share(result: dict) -> float | None:
+    """The share of a run's median time its page faults cost at :data:`FAULT_COST_US` each (None without both).
+
+    >>> round(fault_share({"faults_per_run": 68000.0, "latency_p50_ms": 434.0}), 2)
+    0.24
+    """
+    f, ms = result.get("faults_per_run"), result.get("latency_p50_ms")
+    return f * FAULT_COST_US / 1000 / ms if f is not None and ms else None
 
 
 def fault_warning(result: dict) -> str | None:
     """One line when a measurement's runs took fresh memory from the OS on every run (``faults_per_run`` of
-    :func:`measure_in_rounds` at least :data:`FAULT_WARN_PER_RUN`, on a CPU), else None.
+    :func:`measure_in_rounds` at least :data:`FAULT_WARN_PER_RUN`, on a CPU, costing at least
+    :data:`FAULT_WARN_SHARE` of ``latency_p50_ms`` where that is given), else None.
 
-    Eager torch allocates every activation afresh; glibc's malloc hands large blocks back to the OS and takes them
-    again, page-faulting each page, or keeps them, depending on what the process allocated before. The same model
-    then reads faster or slower by process history alone (``benchmarks/README.md``, *page faults*: up to 1.6x
-    between two processes with glibc's defaults, 2.3x against one with mmap off, at batch 32), while onnxruntime's
-    arena does not fault per run.
+    Eager torch allocates every activation afresh; glibc's malloc with its defaults hands large blocks back to the
+    OS and takes them again, page-faulting each page, or keeps them, depending on what the process allocated before.
+    The same model then reads faster or slower by process history alone (``benchmarks/README.md``, *page faults*: up
+    to 1.6x between two processes with glibc's defaults, 2.3x against one with mmap off, at batch 32), while
+    onnxruntime's arena does not fault per run. The protocol's ``allocator: no_mmap`` (:mod:`latency.allocator`)
+    stops it.
 
     >>> fault_warning({"faults_per_run": 3.0, "device": "cpu"}) is None
     True
     >>> fault_warning({"faults_per_run": 9000.0, "device": "cpu"}).startswith("each run took 9000 fresh pages")
     True
+    >>> fault_warning({"faults_per_run": 300.0, "latency_p50_ms": 310.0, "device": "cpu"}) is None  # 0.1 % of it
+    True
     """
     f = result.get("faults_per_run")
     if f is None or f < FAULT_WARN_PER_RUN or result.get("device") == "cuda":
         return None
+    share = fault_share(result)
+    if share is not None and share < FAULT_WARN_SHARE:
+        return None
     mb = f * os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else f * 4096 / 2**20
-    return (f"each run took {f:.0f} fresh pages ({mb:.1f} MB) from the OS: the memory allocator gave memory back "
+    cost = f", about {100 * min(share, 1):.0f} % of its time at {FAULT_COST_US} us a fault" if share is not None else ""
+    return (f"each run took {f:.0f} fresh pages ({mb:.1f} MB) from the OS{cost}: the memory allocator gave memory back "
             f"between runs, and how much it gives back depends on what the process allocated before, so another "
             f"process can run this model faster or slower (README, 'Page faults')")
 

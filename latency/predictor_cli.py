@@ -81,7 +81,7 @@ def recheck_cli(args) -> int:
     with ``--apply``, write the speed factor into ``PROFILE/predictor.json``."""
     import datetime as dt
 
-    from latency.measure import FAULT_WARN_PER_RUN, recheck, speed_in_bounds
+    from latency.measure import FAULT_WARN_PER_RUN, FAULT_WARN_SHARE, recheck, speed_in_bounds
     from latency.predictor import load_predictor
 
     prof = read_profile(args.profile)
@@ -103,8 +103,8 @@ def recheck_cli(args) -> int:
              f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
     if r["rows_faulting"]:
         lines.append(f"warning: {r['rows_faulting']} of the {r['n']} rows took at least {FAULT_WARN_PER_RUN} page faults "
-                     f"per run in this process: their time depends on the memory allocator's state, not only on the "
-                     f"machine's speed (README, 'Page faults')")
+                     f"per run in this process, {100 * FAULT_WARN_SHARE:.0f} % of their time or more: their time depends "
+                     f"on the memory allocator's state, not only on the machine's speed (README, 'Page faults')")
     _emit(summary, args.json, "\n".join(lines))
     return 0
 

@@ -50,13 +50,15 @@ def same_device(prof, backend) -> list[str]:
 
 
 def measure_note(prof, diffs: list[str], claim: str = "the budget is neither claimed met nor missed",
-                 ratio: float | None = None, faults_per_run: float | None = None) -> str:
+                 ratio: float | None = None, faults_per_run: float | None = None,
+                 latency_ms: float | None = None) -> str:
     """What a measurement against ``prof`` on this machine shows, in words (``diffs``: :func:`same_device`'s;
     ``ratio``: :func:`latency.measure.speed_ratio` of the measured models, read only when ``diffs`` is empty). A
     profile that recorded no ``cpu_id`` (made before hwnas recorded it) may come from another CPU under the same
     name (a VM's "AMD EPYC"): the note says that this is not confirmed, and :func:`latency.measure.speed_warning`
     says when the measured models do not run as the profile predicts. ``faults_per_run`` (the most of the measured
-    models): :func:`latency.measure.fault_warning` when their runs took fresh memory from the OS."""
+    models, with ``latency_ms`` its median time): :func:`latency.measure.fault_warning` when their runs took fresh
+    memory from the OS."""
     from latency.device import cpu_id
     from latency.measure import fault_warning, speed_warning
 
@@ -68,7 +70,7 @@ def measure_note(prof, diffs: list[str], claim: str = "the budget is neither cla
         note += ("; the profile records no cpu_id, so that this is the CPU it was measured on (not only one of the "
                  "same name) is not confirmed: `hwnas list profiles --json` shows this_cpu")
     device = prof.meta.get("backend", {}).get("device", "cpu")
-    faults = fault_warning({"faults_per_run": faults_per_run, "device": device})
+    faults = fault_warning({"faults_per_run": faults_per_run, "latency_p50_ms": latency_ms, "device": device})
     for warning in (speed_warning(ratio, prof.name, faulted=bool(faults)) if ratio is not None else None, faults):
         if warning:
             log.warning(warning)
@@ -140,7 +142,7 @@ def measure_report(out: Path, prof, ctx, teacher_dir, predicted_ms: float | None
         "measured_on_profile_device": here,
         "measured_vs_predicted": ratio,
         "measured_faults_per_run": faults,
-        "measure_note": measure_note(prof, diffs, ratio=ratio, faults_per_run=faults),
+        "measure_note": measure_note(prof, diffs, ratio=ratio, faults_per_run=faults, latency_ms=ms["student"]),
         "measure_protocol": protocol_text(prof, stats),
     }
 

@@ -389,7 +389,7 @@ def _write_model(folder: Path, space, arch, nets, tok, prof, budget: float, ctx,
 
 
 def _measure(rows: list[dict], prof, ctx) -> dict:
-    from latency.measure import speed_ratio
+    from latency.measure import fault_share, speed_ratio
     from nas.adabert.measure import measure_models, measure_note, protocol_text
     from nas.arch import Architecture
     from nas.modeling import update_card
@@ -407,9 +407,11 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
                   "budget_met": (s["latency_p50_ms"] <= r["budget_ms"]) if here else None})
         update_card(r["model_dir"], {"measured_latency_ms": s["latency_p50_ms"]})
     ratio = speed_ratio([(r.get("predicted_latency_ms"), r.get("measured_latency_ms")) for r in rows])
-    faults = max((s["faults_per_run"] for s in stats.values() if s.get("faults_per_run") is not None), default=None)
+    worst = max((s for s in stats.values() if s.get("faults_per_run") is not None),  # the most time lost to faults
+                key=lambda s: fault_share(s) or 0.0, default={})
     return {"measured_on_profile_device": here, "measured_vs_predicted": ratio,
-            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio, faults),
+            "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio,
+                                         worst.get("faults_per_run"), worst.get("latency_p50_ms")),
             "measure_protocol": protocol_text(prof, stats)}
 
 

@@ -345,3 +345,6 @@ def test_measure_note_warns_when_the_models_do_not_run_as_the_profile_predicts()
     assert "--transfer-from" not in faulted and "hwnas recheck amd-epyc-2c_ort-1.31_t1" in faulted
     assert measure_note(prof, [], ratio=1.0, faults_per_run=9000.0).endswith("(README, 'Page faults')")
     assert measure_note(prof, [], ratio=1.0, faults_per_run=10.0) == plain
+    # counted against the run's time: a few hundred faults of a 310 ms model (0.1 %) are no warning, 9,000 of 20 ms are
+    assert measure_note(prof, [], ratio=1.0, faults_per_run=300.0, latency_ms=310.0) == plain
+    assert "about 68 % of its time" in measure_note(prof, [], ratio=1.0, faults_per_run=9000.0, latency_ms=20.0)
