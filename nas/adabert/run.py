@@ -243,7 +243,8 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         from nas.modeling import update_card
 
         update_card(model_dir, {k: report.get(k) for k in ("measured_latency_ms", "speedup_vs_teacher",
-                                                           "speedup_vs_bert_base", "budget_met", "measure_note")})
+                                                           "speedup_vs_bert_base", "budget_met", "measure_note",
+                                                           "measure_protocol")})
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 

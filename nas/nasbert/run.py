@@ -397,6 +397,7 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
     archs = {str(r["budget_ms"]): Architecture.from_dict(r["arch"]) for r in rows if r.get("feasible")}
     stats, diffs = measure_models(prof, ctx, {}, archs=archs)
     here = not diffs
+    how = protocol_text(prof, stats)  # names the allocator a deployment needs for these latencies
     for r in rows:
         s = stats.get(str(r["budget_ms"]))
         if s is None:
@@ -405,14 +406,14 @@ def _measure(rows: list[dict], prof, ctx) -> dict:
                   "measured_p90_ms": s["latency_p90_ms"], "measured_faults_per_run": s.get("faults_per_run"),
                   "budget_ratio": s["latency_p50_ms"] / r["budget_ms"],
                   "budget_met": (s["latency_p50_ms"] <= r["budget_ms"]) if here else None})
-        update_card(r["model_dir"], {"measured_latency_ms": s["latency_p50_ms"]})
+        update_card(r["model_dir"], {"measured_latency_ms": s["latency_p50_ms"], "measure_protocol": how})
     ratio = speed_ratio([(r.get("predicted_latency_ms"), r.get("measured_latency_ms")) for r in rows])
     worst = max((s for s in stats.values() if s.get("faults_per_run") is not None),  # the most time lost to faults
                 key=lambda s: fault_share(s) or 0.0, default={})
     return {"measured_on_profile_device": here, "measured_vs_predicted": ratio,
             "measure_note": measure_note(prof, diffs, "no budget is claimed met or missed", ratio,
                                          worst.get("faults_per_run"), worst.get("latency_p50_ms")),
-            "measure_protocol": protocol_text(prof, stats)}
+            "measure_protocol": how}
 
 
 def _plot(table, rows: list[dict], path: Path, profile: str, ctx) -> None:

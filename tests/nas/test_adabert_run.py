@@ -257,6 +257,11 @@ def test_measure_adds_the_measured_fields_on_resume(run, demo_teacher, demo_smal
     else:
         assert report["budget_met"] is None and "not the profile's device" in report["measure_note"]
     assert read_json(copy / "report.json")["measured_latency_ms"] == report["measured_latency_ms"]
+    from nas.modeling import load_config
+
+    # the model card says how it was measured, allocator included (what a deployment sets to see these latencies)
+    assert load_config(copy / "model").card["measure_protocol"] == report["measure_protocol"]
+    assert "allocator" in report["measure_protocol"] or "GLIBC_TUNABLES" in report["measure_protocol"]
 
 
 # --------------------------------------------------------------------------------------------------- resume

@@ -447,8 +447,10 @@ def test_measure_step_sets_measured_beside_predicted_and_warns_when_far_off(monk
     monkeypatch.setattr(am, "measure_models", lambda prof, ctx, classifiers, archs: (
         {k: {"latency_p50_ms": measured[k], "latency_p10_ms": measured[k], "latency_p90_ms": measured[k],
              "allocator": "no_mmap"} for k in archs}, []))
-    monkeypatch.setattr(nas.modeling, "update_card", lambda *a, **k: None)
+    cards = []
+    monkeypatch.setattr(nas.modeling, "update_card", lambda folder, fields: cards.append(fields))
     out = _measure(rows, prof, CTX)
+    assert all("GLIBC_TUNABLES" in c["measure_protocol"] for c in cards) and len(cards) == 2  # each model's card
     assert [r.get("measured_latency_ms") for r in rows] == [1.0, 2.0, None]
     assert rows[0]["budget_ratio"] == 0.5 and rows[0]["budget_met"] is True
     assert out["measured_vs_predicted"] == pytest.approx((1.0 / 1.9 + 2.0 / 3.8) / 2)
