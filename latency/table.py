@@ -307,8 +307,10 @@ def list_profiles(root: str | os.PathLike | None = None) -> list[dict]:
 
     ``this_cpu``: whether the profile's recorded ``cpu_id`` is this machine's (None where it recorded none, as
     profiles made before hwnas recorded it; a CPU's name alone can be shared by two CPUs, e.g. a VM's "AMD EPYC").
+    ``allocator``: the protocol's (``latency.allocator``): what a deployment sets to run as the profile predicts.
     """
     from latency.device import cpu_id
+    from latency.stats import Protocol
 
     root = Path(root) if root is not None else shipped_root()
     here = cpu_id()
@@ -326,5 +328,6 @@ def list_profiles(root: str | os.PathLike | None = None) -> list[dict]:
             "ops_rows": _count_rows(d / "ops.csv"), "e2e_rows": _count_rows(d / "e2e.csv"),
             "status": meta.get("status"), "created": meta.get("created"),
             "this_cpu": None if not meta["device"].get("cpu_id") else meta["device"]["cpu_id"] == here,
+            "allocator": Protocol.from_dict(meta.get("protocol", {})).allocator,
         })
     return out

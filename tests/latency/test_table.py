@@ -150,6 +150,13 @@ def test_load_profile_and_list(tmp_path):
     assert [d["name"] for d in listed] == ["a"]
     assert listed[0]["ops_rows"] == 2 and listed[0]["threads"] == 1
     assert listed[0]["this_cpu"] is None  # no cpu_id recorded: cannot tell
+    assert listed[0]["allocator"] == "default"  # no allocator in its protocol: measured before the field
+
+
+def test_shipped_listing_names_each_profile_allocator():
+    listed = {d["name"]: d["allocator"] for d in list_profiles()}
+    assert listed["amd-epyc-f26m2-2c_torch-2.13_t1"] == "no_mmap"  # re-measured under it (2026-12-05)
+    assert listed["amd-epyc-f26m2-2c_ort-1.31_t1"] == "default"
 
 
 def test_listing_says_which_profiles_are_this_cpu(tmp_path):
