@@ -382,3 +382,40 @@ def test_few_shot_transfer_drops_the_sources_speed_factor(predictors, synth_prof
     src = predictor_from_dict(predictors["lut+calibration"].to_dict())
     src.set_speed({"factor": 1.1, "n": 16}, "2026-12-05T06:30:00+00:00")
     assert transfer(src, read_profile(synth_profile_fast), shots=20).speed == 1.0
+
+
+def test_levels_take_out_the_per_context_bias_a_strong_ridge_leaves():
+    """A Context whose whole models all run 8 % above the sum of their ops: with the ridge forcing the layer to
+    near the identity, the level of that Context carries the 8 %; the others stay at 1; a Context measured on too
+    few architectures keeps 1; and a saved layer predicts the same."""
+    import dataclasses
+    from collections import Counter
+
+    from latency.calibration import FULL, LEVEL_MIN_ARCHS, Calibration, Row, fit_calibration
+
+    grid = ((1, 8), (32, 64))
+    spec = dataclasses.replace(FULL, ridge=10.0, grid=grid, harness=(), kind_scale=False, cold=(), knees=())
+    ops = [OpSpec.make("ffn", 64, inner=128), OpSpec.make("mha", 64, heads=2, head_dim=32)]
+
+    def prev_ops(space, specs, ctx):
+        return [0.01 * ctx.batch * ctx.seq_len / 32 * (2 if s.kind == "mha" else 1) for s in specs]
+
+    rows = []
+    for a in range(8):
+        bag = Counter({ops[0]: 1 + a % 3, ops[1]: 1 + a // 3})
+        for b, q in [(b, q) for b in grid[0] for q in grid[1]]:
+            if (b, q) == (1, 32) and a >= LEVEL_MIN_ARCHS - 1:
+                continue  # too few architectures at b1 s32
+            ctx = Context(b, q)
+            total = sum(n * m for n, m in zip(bag.values(), prev_ops("s", list(bag), ctx)))
+            rows.append(Row("s", ctx, bag, total * (1.08 if (b, q) == (8, 64) else 1.0), f"a{a}"))
+    layer = fit_calibration(rows, lambda sp, specs, ctx: prev_ops(sp, specs, ctx), lambda sp, ctx, w: 0.0, spec)
+    assert layer.level("s", Context(8, 64)) / layer.level("s", Context(1, 64)) == pytest.approx(1.08, rel=0.02)
+    assert layer.level("s", Context(1, 32)) == 1.0  # fewer than LEVEL_MIN_ARCHS architectures there
+    for r in rows:  # every row within 1.5 % once levelled (the layer itself stays near the identity)
+        pred = layer.apply_ops("s", list(r.bag), prev_ops("s", list(r.bag), r.ctx), r.ctx) @ list(r.bag.values())
+        assert pred == pytest.approx(r.measured_ms, rel=0.015), (r.ctx, r.group)
+    again = Calibration.from_dict(json.loads(json.dumps(layer.to_dict())))
+    assert again.level("s", Context(8, 64)) == layer.level("s", Context(8, 64))
+    assert again.level("s", Context(4, 64)) == pytest.approx((layer.level("s", Context(1, 64)) +  # 2/3 of the way
+                                                              2 * layer.level("s", Context(8, 64))) / 3)  # in log batch
