@@ -48,6 +48,8 @@ def config_from_args(args) -> ProfileConfig:
     protocol = cuda_protocol(Protocol(seed=args.seed)) if cuda else Protocol(seed=args.seed)
     if getattr(args, "statistic", None):
         protocol = replace(protocol, statistic=args.statistic)
+    if getattr(args, "allocator", None):
+        protocol = replace(protocol, allocator=args.allocator)
     return ProfileConfig(
         backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
         batch=tuple(args.batch or (QUICK_BATCH if quick else CUDA_BATCH if cuda else DEFAULT_BATCH)),

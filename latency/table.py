@@ -200,11 +200,22 @@ def compat_view(meta: dict) -> dict:
 
 
 def compat_differences(stored: dict, new: dict) -> list[str]:
-    """What differs between two profiles' :func:`compat_view` (an optional field only where both recorded it)."""
-    a, b = compat_view(stored), compat_view(new)
+    """What differs between two profiles' :func:`compat_view` (an optional field only where both recorded it).
+    A protocol field the stored profile predates reads as the rule it was measured under
+    (:meth:`latency.stats.Protocol.from_dict`), so an older partial profile resumes under the same rules."""
+    a, b = compat_view(_full_protocol(stored)), compat_view(_full_protocol(new))
     optional = {f"device.{k}" for k in OPTIONAL_COMPAT_FIELDS}
     keys = [k for k in sorted(set(a) | set(b)) if k not in optional or (k in a and k in b)]
     return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _full_protocol(meta: dict) -> dict:
+    """``meta`` with its protocol's missing fields filled with their legacy values (the hash is not affected)."""
+    if not isinstance(meta.get("protocol"), dict):
+        return meta
+    from latency.stats import Protocol
+
+    return {**meta, "protocol": Protocol.from_dict(meta["protocol"]).to_dict()}
 
 
 def check_compatible(folder: str | os.PathLike, stored: dict, new: dict) -> None:

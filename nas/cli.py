@@ -179,6 +179,10 @@ def _profile_args(p):
                    help="an entry's latency from its visits: the median of their medians (default), or the fastest "
                         "visit's (a machine whose speed drifts in bursts, e.g. a shared GPU host); recorded in the "
                         "protocol")
+    p.add_argument("--allocator", choices=("no_mmap", "default"), default=None,
+                   help="the C allocator while measuring: no_mmap (default: glibc malloc keeps every block in its "
+                        "heap, so eager torch's runs take no fresh pages; deploy with the same setting) or default "
+                        "(glibc's own, as a process that sets nothing runs); recorded in the protocol")
     p.add_argument("--close-partial", default=None, metavar="REASON",
                    help="close the interrupted profile OUT without measuring (its device is gone): retest and "
                         "roofline from what was measured, status partial with REASON; the same command without "

@@ -186,3 +186,18 @@ def test_names_and_fingerprint():
     assert fp["threads"] == 2 and fp["torch"] and fp["onnxruntime"] and fp["cores"] >= 1
     assert profile_name(fp, "torch", "2.13.0+cpu", 1).endswith("_torch-2.13_t1")
     assert profile_name({"gpu": "NVIDIA H100 80GB HBM3"}, "ort", "1.31.1", 1, "cuda") == "nvidia-h100-80gb-hbm3_ort-1.31_cuda"
+
+
+def test_a_profile_from_before_the_allocator_resumes_only_under_its_allocator():
+    """A stored protocol without ``allocator`` was measured under glibc's defaults: ``hwnas profile --allocator
+    default`` may add to it, today's default (``no_mmap``) is refused with the field named."""
+    from latency.profile_cli import config_from_args
+    from latency.stats import Protocol
+    from nas.cli import build_parser
+
+    old = {**meta(), "protocol": {k: v for k, v in Protocol().to_dict().items() if k != "allocator"}}
+    args = build_parser().parse_args(["profile", "--out", "x", "--allocator", "default"])
+    assert config_from_args(args).protocol.allocator == "default"
+    check_compatible("p", old, {**meta(), "protocol": config_from_args(args).protocol.to_dict()})
+    with pytest.raises(ProfileError, match=r"protocol\.allocator 'default' -> 'no_mmap'.*--force-new"):
+        check_compatible("p", old, {**meta(), "protocol": Protocol().to_dict()})
