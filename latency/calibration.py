@@ -211,7 +211,13 @@ class Calibration:
                                tuple(d.get("harness_basis", ())), d.get("harness_kind", "identity"),
                                bool(d.get("kind_scale", False)), tuple(d.get("free_kinds", ())),
                                tuple(d.get("cold_basis", ())), tuple(float(v) for v in d.get("knees_mb", ())))
+        cells = len(spec.grid[0]) * len(spec.grid[1]) if spec.grid else 0
         for space, c in d["coef"].items():  # checked here, since it is read only when a heavy model is priced
+            level = c.get("level")
+            if level is not None and not (isinstance(level, list) and len(level) == cells > 0 and
+                                          all(isinstance(v, (int, float)) and v > 0 for v in level)):
+                raise PredictorError(f"predictor.json: malformed per-Context level of space {space!r} (needs "
+                                     f"{cells} positive values, one per grid Context); refit with `hwnas fit`")
             cold = c.get("cold")
             if cold is not None and not (isinstance(cold, dict) and isinstance(cold.get("knee_mb"), (int, float))
                                          and len(cold.get("slope") or ()) == len(spec.cold) > 0):

@@ -417,5 +417,9 @@ def test_levels_take_out_the_per_context_bias_a_strong_ridge_leaves():
         assert pred == pytest.approx(r.measured_ms, rel=0.015), (r.ctx, r.group)
     again = Calibration.from_dict(json.loads(json.dumps(layer.to_dict())))
     assert again.level("s", Context(8, 64)) == layer.level("s", Context(8, 64))
+    broken = json.loads(json.dumps(layer.to_dict()))
+    broken["coef"]["s"]["level"] = [1.0, 1.0]  # two values for a 2 x 2 grid
+    with pytest.raises(PredictorError, match="malformed per-Context level of space 's'.*hwnas fit"):
+        Calibration.from_dict(broken)
     assert again.level("s", Context(4, 64)) == pytest.approx((layer.level("s", Context(1, 64)) +  # 2/3 of the way
                                                               2 * layer.level("s", Context(8, 64))) / 3)  # in log batch
