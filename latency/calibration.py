@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latency.profile_data import PredictorError
+from latency.stats import rse_median
 from nas.spaces.ops import Context, OpSpec, weights_mb
 
 BASES: dict[str, Callable[[Context], float]] = {
@@ -438,7 +439,7 @@ def fit_levels(fit: _SpaceFit, layer: Calibration) -> list[float] | None:
     """Per grid Context, the median of measured / predicted over the calibration rows there, as ``layer``
     predicts them: the level that the ridge, shrinking each Context's hat towards the common alpha, left. On the
     Zen 5 torch profile the fitted layer still read AdaBERT's calibration rows 3-4 % low at batch 8-32 x seq_len
-    128-256 (its ridge 0.3), and its test rows alike; the levels took its held-out rows from 95 % to 99 % within
+    128-256 (its ridge 0.3), and its test rows alike; the levels took its held-out rows from 95 % to 97 % within
     +-10 % (``benchmarks/README.md``). A median, so one disturbed row does not move it; a Context with fewer than
     :data:`LEVEL_MIN_ARCHS` architectures, or whose median is within noise of 1 (:func:`_level`), keeps 1. Only for a layer with hats over the grid (not a transfer's or
     few-shot layer, whose rows sit at a few Contexts). None when no Context has enough rows."""
@@ -465,9 +466,8 @@ def _level(ratios: list[float]) -> float:
     >>> _level([1.04, 1.03, 1.05, 1.04, 1.02, 1.06]), _level([1.3, 0.8, 1.1, 0.9, 1.2, 0.85])
     (1.04, 1.0)
     """
-    r = np.asarray(ratios, dtype=float)
-    med = float(np.median(r))
-    se = 1.2533 * 1.4826 * float(np.median(np.abs(r - med))) / math.sqrt(len(r))
+    med = float(np.median(ratios))
+    se = rse_median(ratios) * med  # the measurement protocol's own robust standard error of a median
     return round(med, 6) if abs(med - 1.0) > LEVEL_SE * se else 1.0
 
 

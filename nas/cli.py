@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Callable
 
+from latency.allocator import ALLOCATORS
 from nas.errors import HwnasError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {}
@@ -179,7 +180,7 @@ def _profile_args(p):
                    help="an entry's latency from its visits: the median of their medians (default), or the fastest "
                         "visit's (a machine whose speed drifts in bursts, e.g. a shared GPU host); recorded in the "
                         "protocol")
-    p.add_argument("--allocator", choices=("no_mmap", "default"), default=None,
+    p.add_argument("--allocator", choices=ALLOCATORS, default=None,
                    help="the C allocator while measuring: no_mmap (default: glibc malloc keeps every block in its "
                         "heap, so eager torch's runs take no fresh pages; deploy with the same setting) or default "
                         "(glibc's own, as a process that sets nothing runs); recorded in the protocol")
