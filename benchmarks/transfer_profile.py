@@ -17,7 +17,9 @@ Run with nothing else running (it measures):
 Each row also says where the transfer's misses come from: the same fit with parts of the transfer measurement
 swapped for the target's full profile (:data:`CEILINGS`); and how fast the transfer's sitting ran against the full
 profile's on the entries both measured (:func:`state_offset`), with the transfer judged again with that divided out
-(``transfer_state_adjusted``): this VM's speed flips by 5-7 % within minutes.
+(``transfer_state_adjusted``): this VM's speed flips by 5-7 % within minutes. A transfer measured with the fourth
+whole-model Context (since 2026-12-06) is also fitted as the design before it was (``previous_design``: the same
+sitting without those rows), so the two compare on one measurement, free of the sitting's state.
 
 ``--rejudge`` (no measuring) fits and judges the transfer profiles of an existing ``--out`` file again with this
 hwnas (e.g. after a change of the default predictor kind).
@@ -124,15 +126,39 @@ def judge(source, target, new, pred=None) -> dict:
            "few_shot_20": {space: {k: float(np.mean([f[space][k] for f in few])) for k in KEYS} for space in few[0]}}
     if state["e2e"]["median_ratio"]:
         out["transfer_state_adjusted"] = judged_scaled(pred, judge_on, state["e2e"]["median_ratio"])
+    prev = previous_design(source, new)
+    if prev is not None:  # the same sitting fitted as before the fourth whole-model Context: a paired comparison
+        out["previous_design"] = judged(prev, judge_on)
+        if state["e2e"]["median_ratio"]:
+            out["previous_design_state_adjusted"] = judged_scaled(prev, judge_on, state["e2e"]["median_ratio"])
     print(f"{source.name} -> {target.name} state: ops {state['ops']['median_ratio']} (n={state['ops']['n']}), "
           f"whole models {state['e2e']['median_ratio']} (n={state['e2e']['n']}) x the full profile", flush=True)
-    for label in ("transfer", "transfer_state_adjusted", "full_profile", "few_shot_20"):
+    for label in ("transfer", "transfer_state_adjusted", "previous_design", "previous_design_state_adjusted",
+                  "full_profile", "few_shot_20"):
         if label not in out:
             continue
         print(f"{source.name} -> {target.name} {label:12s} " + "  ".join(
             f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} rho_min={m['spearman_min_ctx']:.3f}"
             for s, m in out[label].items()), flush=True)
     return out
+
+
+PREVIOUS_CONTEXTS = 3  # until 2026-12-06 a transfer timed whole models at the first three of e2e_contexts()
+
+
+def previous_design(source, new):
+    """The transfer's predictor as the design before 2026-12-06 made it: the same measurement without its whole
+    models at the fourth Context (middle batch x longest seq_len), so alpha is a plane (:func:`latency.transfer.
+    transfer_spec`). None for a transfer measured at those three Contexts only."""
+    from latency.profile_data import ProfileData
+    from latency.transfer import e2e_contexts
+
+    b, s = source.grid()
+    keep = set(e2e_contexts(b, s)[:PREVIOUS_CONTEXTS])
+    at = [(int(x), int(y)) in keep for x, y in zip(new.e2e["batch"], new.e2e["seq_len"])]
+    if all(at):
+        return None
+    return fit_transfer(source, ProfileData(new.path, new.meta, new.ops, new.e2e[at]))
 
 
 CEILINGS = {  # name -> (op rows the source table is scaled by, whole-model rows the layer is fitted on)
@@ -176,11 +202,12 @@ def markdown(res: dict) -> str:
              "rho min / mean per Context |", "|" + "---|" * 9]
     for r in res["rows"]:
         state = (r.get("state_offset") or {}).get("e2e", {}).get("median_ratio")
-        for label, minutes in (("transfer (3-minute)", r["measurement_minutes"]),
-                               (f"transfer, sitting's speed ({state}x) divided out", r["measurement_minutes"]),
-                               ("full profile", r.get("full_profile_minutes")), ("few-shot, 20 shots", None)):
-            key = {"transfer (3-minute)": "transfer", "full profile": "full_profile",
-                   "few-shot, 20 shots": "few_shot_20"}.get(label, "transfer_state_adjusted")
+        for key, label, minutes in (
+                ("transfer", "transfer (3-minute)", r["measurement_minutes"]),
+                ("transfer_state_adjusted", f"transfer, sitting's speed ({state}x) divided out", r["measurement_minutes"]),
+                ("previous_design", "same sitting, design before 2026-12-06 (3 whole-model Contexts, plane)", None),
+                ("previous_design_state_adjusted", "same, sitting's speed divided out", None),
+                ("full_profile", "full profile", r.get("full_profile_minutes")), ("few_shot_20", "few-shot, 20 shots", None)):
             if key not in r:
                 continue
             kind = f" [{r['predictor']}]" if key == "transfer" and r.get("predictor") else ""
@@ -221,7 +248,7 @@ def main() -> int:
         res = json.loads(Path(args.out).read_text())
         source = read_profile(args.source or ROOT / "profiles" / res["source"])
         for row in res["rows"]:
-            target = read_profile(ROOT / "profiles" / row["target"])
+            target = read_profile(ROOT / row.get("target_path", f"profiles/{row['target']}"))
             new = read_profile(ROOT / row["transfer_profile"])
             row.update(judge(source, target, new))
             row["ceilings"] = ceilings(source, target, new, row["transfer"])
@@ -239,6 +266,8 @@ def main() -> int:
     for t in args.target:
         target = read_profile(t)
         row = one(source, target, Path(args.runs), args.seed)
+        row["target_path"] = str(target.path.resolve().relative_to(ROOT)) if target.path.resolve().is_relative_to(
+            ROOT) else str(target.path)
         row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
         rows.append(row)
     res = {"source": source.name, "date": dt.date.today().isoformat(), "rows": rows,

@@ -95,7 +95,7 @@ class ProfileConfig:
     split: str = "alternate"  # e2e rows: "alternate" calibration / test, or all "calibration" (a transfer profile)
     transfer_from: dict | None = None  # {name, hash} of the profile a --transfer-from measurement adapts
     e2e_contexts: tuple[tuple[int, int], ...] | None = None  # whole models at these (batch, seq_len) only (None:
-    # the grid's; a transfer measurement times them at three small Contexts only)
+    # the grid's; a transfer measurement times them at four Contexts only)
 
     def contexts(self) -> list[Context]:
         return [Context(b, s) for b in self.batch for s in self.seq_len]

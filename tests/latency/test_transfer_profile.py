@@ -115,9 +115,12 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     assert {(int(b), int(s)) for b, s in zip(prof.ops["batch"], prof.ops["seq_len"])} == {
         (b, s) for b in (1, 2, 4) for s in (16, 32)}
     assert set(prof.e2e["split"]) == {"calibration"} and prof.meta["transfer_from"]["name"] == "tiny"
-    # whole models: both seq_len ends at the smallest batch, the smallest seq_len at the middle batch
-    assert {(int(b), int(s)) for b, s in zip(prof.e2e["batch"], prof.e2e["seq_len"])} == {(1, 16), (1, 32), (2, 16)}
+    # whole models: both seq_len ends at the smallest and at the middle batch
+    assert {(int(b), int(s)) for b, s in zip(prof.e2e["batch"], prof.e2e["seq_len"])} == {(1, 16), (1, 32), (2, 16),
+                                                                                            (2, 32)}
     saved = json.loads((new / "predictor.json").read_text())
+    layer = saved["layers"][-1]  # four Contexts: alpha bent by the product of log batch and log seq_len
+    assert layer["alpha_basis"] == ["one", "log_batch", "log_seq_len", "log_batch_x_seq_len"]
     assert saved["grid"] == {"batch": [1, 2, 4], "seq_len": [16, 32]}  # the source's grid
     # the same command again: nothing measured, the predictor refitted the same way
     assert main(argv) == 0
@@ -136,3 +139,19 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
         assert match in err and len(err.strip().splitlines()) == 1
     assert main(["profile", "--transfer-from", str(new), "--out", str(tmp_path / "again")]) == 2
     assert "itself a transfer profile" in capsys.readouterr().err
+
+
+def test_transfer_spec_bends_alpha_only_where_the_contexts_span_the_product():
+    import pandas as pd
+
+    from latency.profile_data import ProfileData
+    from latency.transfer import TRANSFER_SPEC, TRANSFER_SPEC_PLANE, e2e_contexts, transfer_spec
+
+    def prof(ctxs):
+        e2e = pd.DataFrame({"batch": [b for b, _ in ctxs], "seq_len": [s for _, s in ctxs]})
+        return ProfileData("x", {}, None, e2e)
+
+    four = e2e_contexts([1, 8, 32], [32, 64, 128, 256])
+    assert transfer_spec(prof(four)) is TRANSFER_SPEC
+    # an earlier transfer's three Contexts: the product is a multiple of log batch there, so no product term
+    assert transfer_spec(prof(four[:3])) is TRANSFER_SPEC_PLANE
