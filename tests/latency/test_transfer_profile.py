@@ -139,6 +139,13 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
         assert match in err and len(err.strip().splitlines()) == 1
     assert main(["profile", "--transfer-from", str(new), "--out", str(tmp_path / "again")]) == 2
     assert "itself a transfer profile" in capsys.readouterr().err
+    # a transfer folder of the design before (whole models at three Contexts) is not resumed as this design: one line
+    meta = json.loads((new / "profile.json").read_text())
+    meta["e2e"]["contexts"] = meta["e2e"]["contexts"][:3]
+    (new / "profile.json").write_text(json.dumps(meta))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "e2e.contexts" in err and "--force-new" in err and len(err.strip().splitlines()) == 1
 
 
 def test_transfer_spec_bends_alpha_only_where_the_contexts_span_the_product():
