@@ -140,9 +140,9 @@ def e2e_contexts(batch: list[int], seq_len: list[int]) -> tuple[tuple[int, int],
     their product), so four Contexts that span both axes fix it. The first three alone (no middle batch x longest
     seq_len) predicted as well as three corners and the grid's middle in half the time (replays on five transfer
     measurements: 89 % / 90 % against 86 % / 92 % within +-10 %), but left eager torch's AdaBERT 11-17 % under its
-    measurements at batch 8-32 x seq_len 256 (onnxruntime -> torch, three sittings: 79-88 % within +-10 %). Three sittings with the fourth,
-    each also fitted without it: AdaBERT 81 / 56 / 88 % -> 87 / 81 / 89 %, NAS-BERT 92 / 97 / 92 % -> 90 / 96 / 97 %
-    (the sittings' speed divided out); it costs 25-32 s on 2 cores (17-23 s of timed runs, the rest warm-ups)
+    measurements at batch 8-32 x seq_len 256 (onnxruntime -> torch, three sittings: 79-88 % within +-10 %). Five sittings with the fourth,
+    each also fitted without it: AdaBERT 75 % -> 84 % (mean; higher in every sitting), NAS-BERT 94 % -> 95 % (the
+    sittings' speed divided out); it costs 25-32 s on 2 cores (17-23 s of timed runs, the rest warm-ups)
     (``benchmarks/README.md``).
 
     >>> e2e_contexts([1, 8, 32], [32, 64, 128, 256])
