@@ -132,6 +132,18 @@ class Journal:
         self.out[job.kind].append(entry_row(job, got, self.protocol.statistic))
         self.done.add(job.key)
 
+    def finish_open(self, jobs: list[Job]) -> int:
+        """Write the rows of ``jobs`` that have their main-round visits but still wait for a retake, from the
+        visits they have (the protocol's ``retake_budget_s`` is spent). Returns how many."""
+        n = 0
+        for job in jobs:
+            got, rules = self.visits_of(job), self.rules[job.kind]
+            if not job.retest and job.key not in self.done and len(got) >= rules.visits:
+                self.out[job.kind].append(entry_row(job, got, self.protocol.statistic))
+                self.done.add(job.key)
+                n += 1
+        return n
+
     def finish_complete(self) -> None:
         """Write the rows of entries whose visits all ended before a kill took the row with it."""
         for key in list(self.visits):

@@ -369,23 +369,38 @@ class ClockLog:
 
 
 def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
-                 session: dict, clock_log: ClockLog | None = None) -> None:
+                 session: dict, clock_log: ClockLog | None = None, started: float | None = None) -> None:
     """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
-    (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached."""
-    def measure(todo: list[tuple[int, Job]]) -> None:
+    (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached, or the session (begun at
+    ``started``, a ``time.perf_counter()``) has run ``protocol.retake_budget_s``: then the entries still waiting
+    get their rows from the visits they have (``session["retakes_cut"]``: how many)."""
+    deadline = None if protocol.retake_budget_s is None or started is None else started + protocol.retake_budget_s
+
+    def measure(todo: list[tuple[int, Job]], until: float | None = None) -> bool:
         bar.add(len(todo))
         for w, job in todo:
+            if until is not None and time.perf_counter() >= until:
+                return False
             bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
             journal.add(job, w, measure_visit(graphs, job, protocol))
             session["visits_measured"] += 1
             if clock_log is not None:
                 clock_log.tick(session["visits_measured"])
             bar.advance()
+        return True
 
     measure([(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)])
     first_extra = min(protocol.for_kind(k).visits for k in ("op", "e2e"))
     for v in range(first_extra, max(max_main_visits(protocol), protocol.max_visits)):
-        measure([(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)])
+        todo = [(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)]
+        if deadline is None:
+            measure(todo)
+            continue
+        main = [w < protocol.for_kind(j.kind).visits for w, j in todo]  # e.g. ops' third visit: never cut
+        measure([x for x, m in zip(todo, main) if m])
+        if not measure([x for x, m in zip(todo, main) if not m], deadline):
+            session["retakes_cut"] = session.get("retakes_cut", 0) + journal.finish_open(jobs)
+            return
 
 
 def _lock(folder: Path):
@@ -460,13 +475,13 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             with journal:
                 journal.finish_complete()
                 measure_jobs(journal, graphs, _shuffled(jobs + retest, cfg.seed) if retest else jobs, cfg.protocol,
-                             bar, session, clock_log)
+                             bar, session, clock_log, t_start)
                 if cfg.search_like and not derived:
                     meta["derived_archs"] = derived = derive_archs(cfg, folder, meta)
                     write_meta(folder, meta)
                     later = derived_jobs(cfg, derived, jobs)
                     journal.extend(later)
-                measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log)
+                measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log, t_start)
             ops, e2e = read_tables(folder)
             if retest:
                 meta["retest"] = retest_result(journal, retest, ops + e2e)

@@ -189,7 +189,7 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
     check_source(src, device)
     b, s = src.grid()
     protocol = replace(Protocol(seed=seed), visits=2, max_visits=3, time_cap_s=0.1, e2e_time_cap_s=0.4,
-                       retest_fraction=0.0, retest_min=10)
+                       retest_fraction=0.0, retest_min=10, retake_budget_s=TRANSFER_RETAKE_BUDGET_S)
     return ProfileConfig(backend=backend, device=device, threads=threads,
                          spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=op_axis(b),
                          seq_len=op_axis(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
@@ -197,6 +197,12 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
                          search_like=False, homogeneous=True, homogeneous_depths=1, split="calibration",
                          transfer_from={"name": src.name, "path": str(src.path), "profile": profile_hash(src.meta),
                                         "data_hash": data_hash(src.path)})
+
+
+TRANSFER_RETAKE_BUDGET_S = 170.0  # a transfer's retakes stop this far into its session, so that the visit in flight
+# and the tables end within 3 minutes: on a noisy VM (2026-12-06) retakes were a fifth of the visits and sittings ran
+# 2.77-3.49 minutes, with this budget 2.84 (244 entries kept at 2 visits); the main rounds (2 visits of every entry)
+# are never cut
 
 
 CURVE_DEG = 2  # the per-kind curve of log ratio in log source milliseconds that bends the grid interpolation

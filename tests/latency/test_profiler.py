@@ -308,6 +308,25 @@ def test_whole_models_take_two_visits_and_a_third_only_when_they_disagree(tmp_pa
     assert any(e == "e2e" for e, *_ in per_entry)
 
 
+def test_a_spent_retake_budget_cuts_retakes_and_still_writes_every_row(tmp_path):
+    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
+
+    # every pair of visits disagrees (spread 0), so every entry would take a third visit; a budget of 0 s cuts them
+    protocol = replace(quick_protocol(Protocol()), visits=2, e2e_visits=2, max_visits=3, retake_spread=0.0,
+                       retake_budget_s=0.0, retest_fraction=0.0, retest_min=0)
+    out = tmp_path / "p"
+    run_profile(tiny_config(protocol=protocol, search_like=False), out)
+    visits = read_rows(out / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)
+    assert visits and max(r["visit"] for r in visits) == 1  # the main rounds' two visits, no third
+    entries = {(r["entry"], r["graph"], r["batch"], r["seq_len"]) for r in visits}
+    assert len(keys(out)) == len(entries)  # each entry has its row, from the visits it has
+    meta = json.loads((out / "profile.json").read_text())
+    assert meta["sessions"][-1]["retakes_cut"] == len(entries) and meta["status"] == "complete"
+    # without a budget the same rules take the third visits
+    run_profile(tiny_config(protocol=replace(protocol, retake_budget_s=None), search_like=False), tmp_path / "q")
+    assert max(r["visit"] for r in read_rows(tmp_path / "q" / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)) == 2
+
+
 def test_close_partial_then_resume(tmp_path, monkeypatch):
     """A profile interrupted for good (its device gone) is closed as partial from what was measured: retest over
     the closed retest entries, roofline rows, what is missing; nothing measured. Re-running the command resumes
