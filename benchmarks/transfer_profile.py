@@ -50,6 +50,13 @@ OUT = ROOT / "benchmarks" / "results" / "transfer.json"
 KEYS = ("n", "within_10_pct", "within_5_pct", "mape_pct", "spearman_min_ctx", "spearman_mean_ctx")  # averaged over few-shot seeds
 
 
+def from_root(path: Path) -> str:
+    """A profile folder as the results file names it: relative to the repository where it lies inside it (as
+    ``--rejudge`` reads it back, ``ROOT / path``), else absolute."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def judged(pred, target) -> dict:
     """Per space on the target's test split: the pooled figures and the Spearman per Context (min, mean)."""
     return summarise(evaluate(pred, target))
@@ -79,8 +86,7 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
     sessions = new.meta.get("sessions", [])
     measured_s = sum(s.get("wall_s") or 0 for s in sessions)
     row = {
-        "source": source.name, "target": target.name, "transfer_profile": str(new.path.relative_to(ROOT))
-        if new.path.is_relative_to(ROOT) else str(new.path),
+        "source": source.name, "target": target.name, "transfer_profile": from_root(new.path),
         "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
         "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
         **judge(source, target, new, pred),
@@ -266,8 +272,7 @@ def main() -> int:
     for t in args.target:
         target = read_profile(t)
         row = one(source, target, Path(args.runs), args.seed)
-        row["target_path"] = str(target.path.resolve().relative_to(ROOT)) if target.path.resolve().is_relative_to(
-            ROOT) else str(target.path)
+        row["target_path"] = from_root(target.path)
         row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
         rows.append(row)
     res = {"source": source.name, "date": dt.date.today().isoformat(), "rows": rows,
