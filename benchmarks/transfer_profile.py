@@ -69,14 +69,14 @@ def unseen(target, seen: set[str]):
     return ProfileData(target.path, target.meta, target.ops, target.e2e[~target.e2e["arch_json"].isin(seen)])
 
 
-def one(source, target, out_dir: Path, seed: int) -> dict:
+def one(source, target, out_dir: Path, seed: int, minutes: float | None = None) -> dict:
     from latency.profiler import run_profile
 
     if (out_dir / target.name).exists():  # a finished folder would be read back, not measured: not what is timed
         sys.exit(f"transfer_profile: {out_dir / target.name} exists; move it away to time a fresh transfer")
 
     b = target.meta["backend"]
-    cfg = transfer_config(source, b["name"], b.get("device", "cpu"), int(b["threads"]), seed=seed)
+    cfg = transfer_config(source, b["name"], b.get("device", "cpu"), int(b["threads"]), seed=seed, minutes=minutes)
     t0 = time.perf_counter()
     summary = run_profile(cfg, out_dir / target.name, progress=True)
     new = read_profile(summary["out"])
@@ -89,6 +89,8 @@ def one(source, target, out_dir: Path, seed: int) -> dict:
         "source": source.name, "target": target.name, "transfer_profile": from_root(new.path),
         "measurement_minutes": round(measured_s / 60, 2), "this_call_minutes": round(wall / 60, 2),
         "op_rows": int(len(new.ops)), "e2e_rows": int(len(new.e2e)), "grid": new.meta["grid"],
+        "budget_s": cfg.protocol.budget_s, "budget": sessions[-1].get("budget") if sessions else None,
+        "seconds_by_entry": sessions[-1].get("seconds") if sessions else None,
         **judge(source, target, new, pred),
     }
     row["ceilings"] = ceilings(source, target, new, row["transfer"])
@@ -243,6 +245,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--seed", type=int, default=1, help="the transfer's seed (1: other sampled architectures than "
                     "the full profiles' seed 0)")
+    ap.add_argument("--minutes", type=float, default=None, help="the transfer's measuring time (default: "
+                    "hwnas's, 3)")
     ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
     ap.add_argument("--rejudge", action="store_true", help="fit and judge the transfer profiles of an existing "
                     "--out file again, with the swapped-part fits (no measuring)")
@@ -271,7 +275,7 @@ def main() -> int:
     rows = []
     for t in args.target:
         target = read_profile(t)
-        row = one(source, target, Path(args.runs), args.seed)
+        row = one(source, target, Path(args.runs), args.seed, args.minutes)
         row["target_path"] = from_root(target.path)
         row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
         rows.append(row)

@@ -133,12 +133,12 @@ class Journal:
         self.done.add(job.key)
 
     def finish_open(self, jobs: list[Job]) -> int:
-        """Write the rows of ``jobs`` that have their main-round visits but still wait for a retake, from the
-        visits they have (the protocol's ``retake_budget_s`` is spent). Returns how many."""
+        """Write the rows of ``jobs`` that have visits but no row yet (a measuring budget, the protocol's
+        ``budget_s``, is spent: visits or retakes were skipped), from the visits they have. Returns how many."""
         n = 0
         for job in jobs:
-            got, rules = self.visits_of(job), self.rules[job.kind]
-            if not job.retest and job.key not in self.done and len(got) >= rules.visits:
+            got = self.visits_of(job)
+            if not job.retest and job.key not in self.done and got:
                 self.out[job.kind].append(entry_row(job, got, self.protocol.statistic))
                 self.done.add(job.key)
                 n += 1

@@ -45,6 +45,9 @@ def parse_spaces(space: str, preset: str | None) -> tuple[tuple[str, str | None]
 
 def config_from_args(args) -> ProfileConfig:
     quick, cuda = bool(getattr(args, "quick", False)), args.device == "cuda"
+    if getattr(args, "minutes", None) is not None:
+        raise ProfileError("--minutes bounds a --transfer-from measurement; a full profile measures every entry "
+                           "(use --quick for a short one)")
     protocol = cuda_protocol(Protocol(seed=args.seed)) if cuda else Protocol(seed=args.seed)
     if getattr(args, "statistic", None):
         protocol = replace(protocol, statistic=args.statistic)
@@ -71,7 +74,8 @@ def transfer_main(args) -> dict:
     if given:
         raise ProfileError(f"--transfer-from takes the spaces and grid of the source profile; drop {', '.join(given)}")
     src = read_profile(args.transfer_from)
-    cfg = transfer_config(src, args.backend, args.device, args.threads, args.e2e, args.seed)
+    cfg = transfer_config(src, args.backend, args.device, args.threads, args.e2e, args.seed,
+                          getattr(args, "minutes", None))
     result = run_profile(cfg, args.out, force_new=args.force_new, progress=not args.json)
     new = read_profile(result["out"])
     pred = fit_transfer(src, new)
@@ -100,6 +104,10 @@ def profile_main(args) -> int:
     r, rt, roof = result, result["retest"], result["roofline"]
     print(f"wrote {r['out']}: {r['ops_rows']} op rows, {r['e2e_rows']} e2e rows "
           f"({r['visits_measured_now']} visits measured now, {r['wall_s']} s)")
+    if r.get("budget"):
+        bu = r["budget"]
+        print(f"measuring budget {bu['budget_s']} s: {bu['visits_skipped']} visits skipped, "
+              f"{bu['rows_from_fewer_visits']} rows from fewer visits, {bu['entries_unmeasured']} entries unmeasured")
     if r["status"] == "partial":
         print(f"closed as partial, missing {r['missing']}; the same command on its device resumes it")
     print(f"median CV {r['median_cv']}; retest on {rt.get('n')} entries: median |diff| "

@@ -371,36 +371,57 @@ class ClockLog:
 def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
                  session: dict, clock_log: ClockLog | None = None, started: float | None = None) -> None:
     """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
-    (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached, or the session (begun at
-    ``started``, a ``time.perf_counter()``) has run ``protocol.retake_budget_s``: then the entries still waiting
-    get their rows from the visits they have (``session["retakes_cut"]``: how many)."""
-    deadline = None if protocol.retake_budget_s is None or started is None else started + protocol.retake_budget_s
+    (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached.
 
-    def measure(todo: list[tuple[int, Job]], until: float | None = None) -> bool:
+    With a measuring budget (``protocol.budget_s``; ``started``: the session's ``time.perf_counter()`` at its
+    start) the session ends that long after it began: a whole model's main-round visits are always taken (a
+    calibration rests on them) and the time they still need is held back (the mean of the last whole-model visits
+    times those left); an op visit or a retake that would eat into it is skipped. Then every entry with visits but
+    no row gets its row from the visits it has, and an entry with none gets no row (``session["budget"]``:
+    how many of each)."""
+    deadline = None if protocol.budget_s is None or started is None else started + protocol.budget_s
+    e2e_main = protocol.for_kind("e2e").visits
+    e2e_left = sum(j.kind == "e2e" and w < e2e_main and journal.wants(j, w) for w, j in rounds(jobs, protocol))
+    e2e_s: list[float] = []  # the durations of the whole-model visits so far
+    seconds = session.setdefault("seconds", {})  # visits' wall seconds per kind of entry (prepare, warm up, time)
+    skipped = 0
+
+    def measure(todo: list[tuple[int, Job]]) -> None:
+        nonlocal e2e_left, skipped
         bar.add(len(todo))
         for w, job in todo:
-            if until is not None and time.perf_counter() >= until:
-                return False
+            needed = job.kind == "e2e" and w < e2e_main
+            if deadline is not None and not needed:
+                held = e2e_left * (sum(e2e_s[-BUDGET_WINDOW:]) / len(e2e_s[-BUDGET_WINDOW:]) if e2e_s else 0.0)
+                if time.perf_counter() + held >= deadline:
+                    skipped += 1
+                    bar.advance()
+                    continue
             bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
+            t0 = time.perf_counter()
             journal.add(job, w, measure_visit(graphs, job, protocol))
+            took = time.perf_counter() - t0
+            seconds[job.kind] = round(seconds.get(job.kind, 0.0) + took, 1)
+            if needed:
+                e2e_left -= 1
+                e2e_s.append(took)
             session["visits_measured"] += 1
             if clock_log is not None:
                 clock_log.tick(session["visits_measured"])
             bar.advance()
-        return True
 
     measure([(v, j) for v, j in rounds(jobs, protocol) if journal.wants(j, v)])
     first_extra = min(protocol.for_kind(k).visits for k in ("op", "e2e"))
     for v in range(first_extra, max(max_main_visits(protocol), protocol.max_visits)):
-        todo = [(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)]
-        if deadline is None:
-            measure(todo)
-            continue
-        main = [w < protocol.for_kind(j.kind).visits for w, j in todo]  # e.g. ops' third visit: never cut
-        measure([x for x, m in zip(todo, main) if m])
-        if not measure([x for x, m in zip(todo, main) if not m], deadline):
-            session["retakes_cut"] = session.get("retakes_cut", 0) + journal.finish_open(jobs)
-            return
+        measure([(w, j) for w, j in rounds(jobs, protocol, v, v + 1) if journal.wants(j, w)])
+    if deadline is not None:
+        cut = session.setdefault("budget", {"visits_skipped": 0, "rows_from_fewer_visits": 0, "entries_unmeasured": 0})
+        cut["visits_skipped"] += skipped
+        cut["rows_from_fewer_visits"] += journal.finish_open(jobs)
+        cut["entries_unmeasured"] += sum(not j.retest and not journal.visits_of(j) for j in jobs)
+
+
+BUDGET_WINDOW = 20  # whole-model visits whose mean duration prices those still to come under a measuring budget
 
 
 def _lock(folder: Path):
@@ -484,7 +505,9 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                 measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log, t_start)
             ops, e2e = read_tables(folder)
             if retest:
-                meta["retest"] = retest_result(journal, retest, ops + e2e)
+                rows = entry_keys(ops + e2e)
+                both = [j for j in retest if journal.visits_of(j) and j.key in rows]  # a budget may skip some
+                meta["retest"] = {**retest_result(journal, both, ops + e2e), "entries_planned": len(retest)}
             bar.close()
             write_roofline(folder, meta, ops)
             session["finished"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -550,7 +573,7 @@ def close_partial(out: str | os.PathLike, why: str) -> dict:
     later = derived_jobs(cfg, derived, jobs) if derived else []
     journal = Journal(folder, jobs + retest + later, cfg.protocol)
     ops, e2e = read_tables(folder)
-    done_keys = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]) for r in ops + e2e}
+    done_keys = entry_keys(ops + e2e)
     closed = [j for j in retest if journal.closed(j) and j.key in done_keys]
     if closed and not meta.get("retest"):
         meta["retest"] = {**retest_result(journal, closed, ops + e2e), "entries_planned": len(retest)}
@@ -577,9 +600,16 @@ def retest_sample(jobs: list[Job], protocol: Protocol) -> list[Job]:
     return [replace(j, retest=True) for j in random.Random(protocol.seed + 1).sample(jobs, k)]
 
 
+def entry_keys(rows: list[dict]) -> dict[tuple, float]:
+    """Table rows (ops and e2e) by their entry's key (:attr:`Job.key`) -> the row's latency."""
+    return {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
+
+
 def retest_result(journal: Journal, jobs: list[Job], rows: list[dict]) -> dict:
     """Agreement of the retest measurements with the stored rows of the same entries."""
-    first = {(r.get("op_key") or r["arch_json"], r["batch"], r["seq_len"]): r["latency_p50_ms"] for r in rows}
+    if not jobs:
+        return {"n": 0, "by_kind": {}, "entries": []}
+    first = entry_keys(rows)
     second = {j.key: combine_visits(journal.visits_of(j), journal.protocol.statistic)["latency_p50_ms"] for j in jobs}
     by_kind = {}
     for kind in ("op", "e2e"):
@@ -609,6 +639,9 @@ def summary(folder: Path, meta: dict, ops: list[dict], e2e: list[dict], session:
     return {
         "out": str(folder), "status": meta["status"], "ops_rows": len(ops), "e2e_rows": len(e2e),
         "visits_measured_now": session["visits_measured"], "wall_s": session.get("wall_s"),
+        "seconds_by_entry": session.get("seconds"),
+        **({"budget": {"budget_s": meta["protocol"].get("budget_s"), **session["budget"]}}
+           if session.get("budget") else {}),
         "median_cv": round(float(np.median(cvs)), 4) if cvs else None, "retest": retest,
         "peak_gflops": roof["peak_gflops"], "bandwidth_gbs": roof["bandwidth_gbs"],
         "roofline": roof.get("summary", {}),

@@ -40,8 +40,9 @@ class Protocol:
     # visits against 0.60 % with three, inside the 2 % target; two cut a default profile by minutes); a retake adds more
     retake_spread: float = 0.03  # an entry whose visit medians lack a majority within this of one of them ...
     max_visits: int = 5  # ... gets more visits, in extra shuffled rounds, up to this many (a disturbed visit)
-    retake_budget_s: float | None = None  # extra rounds stop once the session has run this long (None: no limit);
-    # the entries whose visits still disagree then get their row from the visits they have (a transfer's 3 minutes)
+    budget_s: float | None = None  # a session measures for at most this long (None: no limit): whole models' main
+    # visits are always taken, op visits and retakes skipped as the end nears; rows from the visits an entry has
+    # (a transfer's 3 minutes, latency.profiler.measure_jobs)
     statistic: str = "median"  # latency_p50_ms: the median of the visits' medians (p10/p90 likewise); CV pooled.
     # "min": the fastest visit's percentiles (for a machine whose speed drifts in bursts: a lent GPU whose
     # visits spread 55 % repeated to 3.5 % with it against 19 % with the median, benchmarks/README.md "GPU")

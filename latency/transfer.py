@@ -177,10 +177,10 @@ def check_source(src: ProfileData, device: str) -> None:
 
 
 def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e2e: int | None = None,
-                    seed: int = 0):
+                    seed: int = 0, minutes: float | None = None):
     """The short measurement of a new device: every op of the source's spaces at the corners and middles of its
     grid (:func:`op_axis`), and a few whole architectures (sampled and homogeneous) at :func:`e2e_contexts`, all
-    for calibration."""
+    for calibration, within ``minutes`` (default :data:`TRANSFER_MINUTES`; :func:`transfer_budget_s`)."""
     from dataclasses import replace
 
     from latency.profiler import ProfileConfig
@@ -189,7 +189,8 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
     check_source(src, device)
     b, s = src.grid()
     protocol = replace(Protocol(seed=seed), visits=2, max_visits=3, time_cap_s=0.1, e2e_time_cap_s=0.4,
-                       retest_fraction=0.0, retest_min=10, retake_budget_s=TRANSFER_RETAKE_BUDGET_S)
+                       retest_fraction=0.0, retest_min=10,
+                       budget_s=transfer_budget_s(TRANSFER_MINUTES if minutes is None else minutes))
     return ProfileConfig(backend=backend, device=device, threads=threads,
                          spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=op_axis(b),
                          seq_len=op_axis(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,
@@ -199,10 +200,26 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
                                         "data_hash": data_hash(src.path)})
 
 
-TRANSFER_RETAKE_BUDGET_S = 170.0  # a transfer's retakes stop this far into its session, so that the visit in flight
-# and the tables end within 3 minutes: on a noisy VM (2026-12-06) retakes were a fifth of the visits and sittings ran
-# 2.77-3.49 minutes, with this budget 2.84 (244 entries kept at 2 visits); the main rounds (2 visits of every entry)
-# are never cut
+TRANSFER_MINUTES = 3.0  # a transfer's default measuring time (``--minutes``)
+TRANSFER_END_S = 10.0  # of it, kept for the visit in flight when the budget runs out and for writing the tables:
+# a session budgeted 170 s ran 170.4 s (2026-12-06)
+TRANSFER_MIN_MINUTES = 1.0  # the whole models' visits alone took about a minute on 2 cores
+
+
+def transfer_budget_s(minutes: float) -> float:
+    """The measuring budget (``Protocol.budget_s``) of a transfer asked to take at most ``minutes``. Without one,
+    on a noisy VM, retakes were a fifth of a transfer's visits and sittings ran 2.77-3.49 minutes; with it, op
+    visits and retakes are skipped as the end nears (:func:`latency.profiler.measure_jobs`), the whole models'
+    main visits never.
+
+    >>> transfer_budget_s(3)
+    170.0
+    """
+    if not math.isfinite(minutes) or minutes < TRANSFER_MIN_MINUTES:
+        raise PredictorError(f"--minutes {minutes:g} is too short for a transfer: its whole models alone take about "
+                             f"a minute on 2 cores and are always measured in full; give at least "
+                             f"{TRANSFER_MIN_MINUTES:g}")
+    return round(minutes * 60 - TRANSFER_END_S, 1)
 
 
 CURVE_DEG = 2  # the per-kind curve of log ratio in log source milliseconds that bends the grid interpolation
@@ -224,7 +241,8 @@ def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
     """The source's op table moved to the new device: each op's source milliseconds times its own ratio
     new / source, measured at the Contexts the transfer timed (:func:`op_axis`; any rectangular part of the grid)
     and interpolated bilinearly in (log batch, log seq_len) between them (held at the nearest edge outside them).
-    An op the new device lacks takes its kind's median ratio.
+    An op the new device lacks takes its kind's median ratio, and so does an op at a Context a measuring budget
+    skipped (at that Context).
 
     Between the measured Contexts the log ratio is bent by its kind's curve: a quadratic in log source
     milliseconds fitted to all the kind's measured ratios (an op kind's ratio follows the op's size: torch's
@@ -242,8 +260,13 @@ def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
     both["log_r"] = np.log(both["latency_p50_ms_new"] / both["latency_p50_ms_src"])
     both["log_ms"] = np.log(both["latency_p50_ms_src"])
     gb, gs = [int(x) for x in sorted(both["batch"].unique())], [int(x) for x in sorted(both["seq_len"].unique())]
-    ratio = {k: g.set_index(["batch", "seq_len"])["log_r"] for k, g in both.groupby("op_key")}
-    by_kind = {k: g.groupby(["batch", "seq_len"])["log_r"].median() for k, g in both.groupby("kind")}
+    grid = pd.MultiIndex.from_product([gb, gs], names=["batch", "seq_len"])
+    everyone = both.groupby(["batch", "seq_len"])["log_r"].median().reindex(grid)
+    everyone = everyone.fillna(everyone.median())
+    by_kind = {k: g.groupby(["batch", "seq_len"])["log_r"].median().reindex(grid).fillna(everyone)
+               for k, g in both.groupby("kind")}
+    ratio = {k: g.set_index(["batch", "seq_len"])["log_r"].reindex(grid).fillna(by_kind[g["kind"].iloc[0]])
+             for k, g in both.groupby("op_key")}  # a Context a measuring budget skipped: the kind's median there
     curve = {k: np.polyfit(g["log_ms"], g["log_r"], CURVE_DEG) for k, g in both.groupby("kind")
              if g["op_key"].nunique() > 1 and len(g) > CURVE_DEG + 2}
     src_ms = {k: g.set_index(["batch", "seq_len"])["latency_p50_ms"] for k, g in src.ops.groupby("op_key")}
@@ -252,8 +275,8 @@ def scaled_ops(src: ProfileData, new: ProfileData) -> pd.DataFrame:
     for key_, kind, bb, ss, ms in zip(out["op_key"], out["kind"], out["batch"], out["seq_len"], out["latency_p50_ms"]):
         lr = ratio.get(key_)
         bend = 0.0
-        if lr is None or len(lr) < len(gb) * len(gs):
-            lr = by_kind.get(kind, both.groupby(["batch", "seq_len"])["log_r"].median())
+        if lr is None:
+            lr = by_kind.get(kind, everyone)
         elif kind in curve:
             at_grid = {c: float(np.polyval(curve[kind], math.log(src_ms[key_][c]))) for c in lr.index}
             bend = (float(np.polyval(curve[kind], math.log(ms))) -

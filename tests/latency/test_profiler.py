@@ -308,29 +308,60 @@ def test_whole_models_take_two_visits_and_a_third_only_when_they_disagree(tmp_pa
     assert any(e == "e2e" for e, *_ in per_entry)
 
 
-def test_a_spent_retake_budget_cuts_retakes_and_still_writes_every_row(tmp_path):
-    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
-    from latency.stats import wants_retake
+def budget_run(tmp_path, monkeypatch, name, budget_s):
+    """A tiny profile under ``budget_s`` on a made-up clock: an op visit takes 1 s, a whole model's 2 s (the
+    timings themselves are real). Returns the folder, its visits per entry, the clock's end and the planned jobs."""
+    from types import SimpleNamespace
 
-    # every pair of visits that differs disagrees (spread 0), so such an entry would take a third visit; a budget of
-    # 0 s cuts them
+    import latency.profiler as profiler
+    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
+
+    clock = [0.0]
+    real = profiler.measure_visit
+
+    def visit(graphs, job, protocol):
+        clock[0] += 2.0 if job.kind == "e2e" else 1.0
+        return real(graphs, job, protocol)
+
+    monkeypatch.setattr(profiler, "measure_visit", visit)
+    monkeypatch.setattr(profiler, "time", SimpleNamespace(perf_counter=lambda: clock[0], monotonic=lambda: clock[0]))
     protocol = replace(quick_protocol(Protocol()), visits=2, e2e_visits=2, max_visits=3, retake_spread=0.0,
-                       retake_budget_s=0.0, retest_fraction=0.0, retest_min=0)
-    out = tmp_path / "p"
-    run_profile(tiny_config(protocol=protocol, search_like=False), out)
-    visits = read_rows(out / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)
-    assert visits and max(r["visit"] for r in visits) == 1  # the main rounds' two visits, no third
+                       budget_s=budget_s, retest_fraction=0.0, retest_min=0)
+    cfg = tiny_config(protocol=protocol, search_like=False, e2e=3)
+    out = tmp_path / name
+    result = run_profile(cfg, out)
     per_entry: dict = {}
-    for r in visits:
-        per_entry.setdefault((r["entry"], r["graph"], r["batch"], r["seq_len"]), []).append(r["latency_p50_ms"])
-    assert len(keys(out)) == len(per_entry)  # each entry has its row, from the visits it has
-    waiting = sum(wants_retake(v, protocol.for_kind(e)) for (e, *_), v in per_entry.items())
-    assert waiting > 0  # (two visits of an entry on the timer's same tick agree even at spread 0)
+    for r in read_rows(out / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+        per_entry.setdefault((r["entry"], r["graph"], r["batch"], r["seq_len"]), []).append(r["visit"])
+    return out, result, per_entry, clock[0], plan_jobs(cfg)
+
+
+def test_a_measuring_budget_keeps_every_whole_model_visit_and_ends_on_time(tmp_path, monkeypatch):
+    # no budget: the main rounds' two visits of every entry, and third visits for pairs that differ (spread 0)
+    _, _, full, took, jobs = budget_run(tmp_path, monkeypatch, "full", None)
+    n_op, n_e2e = sum(j.kind == "op" for j in jobs), sum(j.kind == "e2e" for j in jobs)
+    assert len(full) == n_op + n_e2e and all(len(v) >= 2 for v in full.values())
+    assert any(len(v) == 3 for v in full.values())
+    # a budget that holds the whole models' visits (4 s each entry) and about half the ops' first visits
+    budget = 4.0 * n_e2e + n_op / 2
+    out, result, got, end, _ = budget_run(tmp_path, monkeypatch, "cut", budget)
+    assert end <= budget + 1.0  # at most the op visit in flight past it
+    e2e = [v for (kind, *_), v in got.items() if kind == "e2e"]
+    assert len(e2e) == n_e2e and all(sorted(v)[:2] == [0, 1] for v in e2e)  # every whole model, both visits
+    ops = [v for (kind, *_), v in got.items() if kind == "op"]
+    assert 0 < len(ops) < n_op  # ops measured until the whole models' time had to be kept
+    cut = result["budget"]
+    assert cut["entries_unmeasured"] == n_op - len(ops) and cut["visits_skipped"] > 0
+    assert cut["budget_s"] == budget
+    rows = keys(out)
+    assert len(rows) == len(got)  # every entry with a visit has its row, from the visits it has; no other
     meta = json.loads((out / "profile.json").read_text())
-    assert meta["sessions"][-1]["retakes_cut"] == waiting and meta["status"] == "complete"
-    # without a budget the same rules take the third visits
-    run_profile(tiny_config(protocol=replace(protocol, retake_budget_s=None), search_like=False), tmp_path / "q")
-    assert max(r["visit"] for r in read_rows(tmp_path / "q" / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)) == 2
+    assert meta["status"] == "complete" and meta["sessions"][-1]["budget"]["rows_from_fewer_visits"] > 0
+    assert set(meta["sessions"][-1]["seconds"]) == {"op", "e2e"}
+    # a budget spent before the first visit: the whole models still get their two visits, no op is measured
+    _, result, got, _, _ = budget_run(tmp_path, monkeypatch, "none", 0.0)
+    assert all(kind == "e2e" for kind, *_ in got) and len(got) == n_e2e
+    assert result["budget"]["entries_unmeasured"] == n_op and result["ops_rows"] == 0
 
 
 def test_close_partial_then_resume(tmp_path, monkeypatch):

@@ -36,6 +36,29 @@ def test_scaled_ops_moves_each_op_by_its_own_ratio(tmp_path, profile_maker):
     np.testing.assert_allclose(ratio, [_ratio(k) for k in src.ops["kind"]], rtol=1e-9)
 
 
+def test_scaled_ops_fill_what_a_measuring_budget_skipped_from_the_kind(tmp_path, profile_maker):
+    """An op measured at some Contexts only takes its kind's median ratio at the others; an op never measured takes
+    it everywhere; a kind missing at a Context takes every op's median there. Measured Contexts stay exact."""
+    src = read_profile(profile_maker(tmp_path / "src"))
+    new = read_profile(profile_maker(tmp_path / "new", grid=CORNERS, e2e_ctxs=CORNER_CTXS))
+    src_ms = src.ops.set_index(["op_key", "batch", "seq_len"])["latency_p50_ms"]
+    new.ops["latency_p50_ms"] = [src_ms[(key, b, s)] * _ratio(k) for key, k, b, s in
+                                 zip(new.ops["op_key"], new.ops["kind"], new.ops["batch"], new.ops["seq_len"])]
+    mha = new.ops[new.ops["kind"] == "mha"]["op_key"].unique()
+    partial, gone = mha[0], mha[1]
+    drop = (((new.ops["op_key"] == partial) & (new.ops["batch"] == 4)) | (new.ops["op_key"] == gone)
+            | ((new.ops["kind"] == "ffn") & (new.ops["batch"] == 1) & (new.ops["seq_len"] == 16)))
+    new.ops = new.ops[~drop].reset_index(drop=True)
+    out = scaled_ops(src, new).set_index(["op_key", "batch", "seq_len"])["latency_p50_ms"]
+    ratio = out / src_ms
+    assert np.isfinite(ratio).all() and len(ratio) == len(src.ops)
+    for key in (partial, gone):  # the other mha ops all read 2.0: the kind's median fills in
+        np.testing.assert_allclose(ratio.xs(key, level="op_key"), 2.0, rtol=1e-9)
+    ffn = src.ops[src.ops["kind"] == "ffn"]["op_key"].iloc[0]
+    assert ratio[(ffn, 1, 16)] == pytest.approx(1.2)  # no ffn there: every op's median at (1, 16) (most read 1.2)
+    assert ratio[(ffn, 4, 64)] == pytest.approx(1.5)  # measured: exact
+
+
 def test_scaled_ops_bend_between_corners_along_the_kinds_size_curve(tmp_path, profile_maker):
     """A ratio that follows the op's size (a quadratic in log source ms per kind: small ops dearer, as torch's
     per-call overhead makes them) is recovered between the corners, where bilinear corner interpolation misses it;
@@ -133,12 +156,15 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     assert main(["predict", str(new), str(arch), "--batch", "2", "--seq-len", "16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
     # bad input: one line each
-    for extra, match in ((["--batch", "1"], "drop --batch"), (["--quick"], "drop --quick")):
+    for extra, match in ((["--batch", "1"], "drop --batch"), (["--quick"], "drop --quick"),
+                         (["--minutes", "0.5"], "--minutes 0.5 is too short")):
         assert main([*argv[:-1], *extra]) == 2
         err = capsys.readouterr().err
         assert match in err and len(err.strip().splitlines()) == 1
     assert main(["profile", "--transfer-from", str(new), "--out", str(tmp_path / "again")]) == 2
     assert "itself a transfer profile" in capsys.readouterr().err
+    assert main(["profile", "--out", str(tmp_path / "full"), "--minutes", "3"]) == 2
+    assert "--minutes bounds a --transfer-from measurement" in capsys.readouterr().err
     # a transfer folder of the design before (whole models at three Contexts) is not resumed as this design: one line
     meta = json.loads((new / "profile.json").read_text())
     meta["e2e"]["contexts"] = meta["e2e"]["contexts"][:3]
