@@ -157,7 +157,7 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
     # bad input: one line each
     for extra, match in ((["--batch", "1"], "drop --batch"), (["--quick"], "drop --quick"),
-                         (["--minutes", "0.5"], "--minutes 0.5 is too short")):
+                         (["--minutes", "1.5"], "--minutes 1.5 is too short")):
         assert main([*argv[:-1], *extra]) == 2
         err = capsys.readouterr().err
         assert match in err and len(err.strip().splitlines()) == 1
