@@ -21,6 +21,9 @@ profile's on the entries both measured (:func:`state_offset`), with the transfer
 whole-model Context (since 2026-12-06) is also fitted as the design before it was (``previous_design``: the same
 sitting without those rows), so the two compare on one measurement, free of the sitting's state.
 
+``--minutes M`` asks the transfer for at most M minutes instead of hwnas's default 3 (each row records its
+``budget_s`` and what the budget skipped, ``budget``).
+
 ``--rejudge`` (no measuring) fits and judges the transfer profiles of an existing ``--out`` file again with this
 hwnas (e.g. after a change of the default predictor kind).
 """
