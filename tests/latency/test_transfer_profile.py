@@ -148,6 +148,8 @@ def test_transfer_cli_measures_corners_fits_resumes_and_refits(tiny_source, tmp_
     # the same command again: nothing measured, the predictor refitted the same way
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["visits_measured_now"] == 0
+    assert main(argv[:-1]) == 0  # as text: the budget line too
+    assert "measuring budget 170.0 s: 0 visits skipped, 0 rows from fewer visits" in capsys.readouterr().out
     assert main(["fit", str(new), "--json"]) == 0  # `hwnas fit` on a transfer profile goes back to its source
     assert json.loads(capsys.readouterr().out)["predictor"].endswith("+transfer")
     arch = tmp_path / "a.json"
