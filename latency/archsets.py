@@ -108,35 +108,61 @@ def descend(space: SearchSpace, cost: CostModel, capacity: CostModel, target_ms:
     return {k: int(v.detach().argmax()) for k, v in logits.items()}
 
 
-def fill_budget(space: SearchSpace, cost: CostModel, capacity: CostModel, idx: dict[str, int], budget_ms: float
-                ) -> dict[str, int]:
-    """Greedy ascent from ``idx``: take the single-decision change that adds the most capacity while the predicted
-    latency stays within ``budget_ms``, until none does.
+def fill_budget(space: SearchSpace, cost: CostModel, capacity: CostModel, idx: dict[str, int], budget_ms: float,
+                floor: float = 0.95) -> dict[str, int]:
+    """Spend what a search left of ``budget_ms``: a greedy ascent in capacity, then the same with a look-ahead,
+    then lateral steps towards ``floor`` x the budget.
 
     A relaxed search's argmax can stop well under its budget where the space is sparse (near its fastest corner a
-    step of the penalty's target jumps over every architecture in the window). This spends what is left on capacity.
+    step of the penalty's target jumps over every architecture in the window). The ascent takes the single-decision
+    change that adds the most capacity while the predicted latency stays within the budget, until none does; the
+    look-ahead then tries every change within the budget (one that loses capacity too) followed by that ascent, and
+    keeps the best gain, until none gains. Where the result still lies under ``floor`` x the budget, a change that
+    keeps the capacity and raises the latency towards the budget is taken (the most latency within it; e.g. a zero
+    edge made a pooling one: a capacity proxy of parameters alone is flat there), each followed by the ascent.
+    On the 40 budget-fidelity searches of a Zen 5 torch profile (2026-12-06) the fill ran at 5: the lowest
+    predicted share of the budget rose from 0.877 to 0.940 (three under 0.92 to none), with the same or up to
+    0.65 % more parameters.
     The result is a local optimum: no one change both adds capacity and stays within the budget.
     """
     sizes = {d.name: len(d.choices) for d in space.decisions()}
     names = list(dict.fromkeys([*cost.decisions(), *capacity.decisions()]))
     cur = full_indices(space, idx)
-    cap = capacity.value(cur)
     if cost.value(cur) > budget_ms:
         return cur
-    while True:
-        best = None
+
+    def moves(at: dict[str, int]):
         for d in names:
             for c in range(sizes[d]):
-                if c == cur[d]:
-                    continue
-                trial = {**cur, d: c}
-                gain = capacity.value(trial) - cap
-                if gain > 0 and (best is None or gain > best[0]):
-                    if cost.value(trial) <= budget_ms:
-                        best = (gain, trial)
-        if best is None:
-            return cur
-        cap, cur = cap + best[0], best[1]
+                if c != at[d]:
+                    trial = {**at, d: c}
+                    lat = cost.value(trial)
+                    if lat <= budget_ms:
+                        yield trial, lat
+
+    def ascend(at: dict[str, int]) -> dict[str, int]:
+        cap = capacity.value(at)
+        while True:
+            best = max(((capacity.value(t) - cap, t) for t, _ in moves(at)), key=lambda g: g[0], default=None)
+            if best is None or best[0] <= 0:
+                return at
+            cap, at = cap + best[0], best[1]
+
+    cur = ascend(cur)
+    while True:  # look-ahead: one change, then the ascent
+        cap = capacity.value(cur)
+        best = max(((capacity.value(a) - cap, a) for a in (ascend(t) for t, _ in moves(cur))),
+                   key=lambda g: g[0], default=None)
+        if best is None or best[0] <= 1e-9:
+            break
+        cur = best[1]
+    while cost.value(cur) < floor * budget_ms:  # lateral: as much capacity, more of the budget
+        cap, lat = capacity.value(cur), cost.value(cur)
+        up = [(t_lat, t) for t, t_lat in moves(cur) if t_lat > lat and capacity.value(t) >= cap - 1e-9]
+        if not up:
+            break
+        cur = ascend(max(up, key=lambda g: g[0])[1])
+    return cur
 
 
 MARGIN = 0.015  # latency_search: the argmax aimed at [0.95, 1 - MARGIN] x budget (predicted)

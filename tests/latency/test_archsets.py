@@ -1,4 +1,4 @@
-"""Latency-only search helpers: the greedy budget fill is a local optimum within its budget."""
+"""Latency-only search helpers: the greedy budget fill is a local optimum within its budget, and uses it."""
 import pytest
 
 from latency.archsets import capacity_model, fill_budget, full_indices, latency_search
@@ -24,10 +24,14 @@ def test_fill_budget_is_a_local_optimum_within_the_budget(name):
         start = full_indices(space, lo_idx)
         got = fill_budget(space, cost, cap, start, budget)
         assert cost.value(got) <= budget and cap.value(got) >= cap.value(start)
+        short = cost.value(got) < 0.95 * budget
         for d in space.decisions():  # no single change adds capacity and stays within the budget
             for c in range(len(d.choices)):
                 trial = {**got, d.name: c}
                 assert not (cap.value(trial) > cap.value(got) + 1e-9 and cost.value(trial) <= budget), (d.name, c)
+                # under 0.95 x the budget: neither does one that keeps the capacity and uses more of the budget
+                assert not (short and cap.value(trial) >= cap.value(got) - 1e-9
+                            and cost.value(got) < cost.value(trial) <= budget), (d.name, c)
     over = full_indices(space, cost.extremes()[1][1])  # already over the budget: returned as it is
     assert fill_budget(space, cost, cap, over, lo) == over
 
