@@ -177,8 +177,8 @@ def _profile_args(p):
                    help="a new device in about 3 minutes: time PROFILE's ops at the corners and middles of its "
                         "grid and a few whole models here, and fit a predictor from both (writes OUT/predictor.json)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="with --transfer-from: measure for at most this many minutes (default 3, at least 2); op visits and retakes are "
-                        "skipped as the end nears, the whole models are always measured")
+                   help="with --transfer-from: measure for at most this many minutes (default 3, at least 2); op "
+                        "visits and retakes are skipped as the end nears, the whole models are always measured")
     p.add_argument("--statistic", choices=("median", "min"), default=None,
                    help="an entry's latency from its visits: the median of their medians (default), or the fastest "
                         "visit's (a machine whose speed drifts in bursts, e.g. a shared GPU host); recorded in the "
