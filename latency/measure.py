@@ -154,6 +154,7 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
     space = arch.get_space()
     check_context(space, ctx)
     own = not isinstance(backend, Backend)
+    apply_allocator(protocol.allocator)  # before the model is built, as a profile's session does
     be = get_backend(backend, threads=threads, device=device) if own else backend
     try:
         inputs = token_inputs(space, ctx)

@@ -86,6 +86,7 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
     Every model is exported and run with the profile's backend, threads and protocol at ``ctx``, in shuffled rounds.
     Returns ``(stats per name, differences between the profile's device and this machine)``.
     """
+    from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
     from latency.measure import EXPORT_CTX, measure_in_rounds, token_inputs
     from latency.stats import Protocol
@@ -97,6 +98,7 @@ def measure_models(prof, ctx, classifiers: dict[str, nn.Module], arch=None, num_
     protocol = Protocol.from_dict(prof.meta["protocol"])
     archs = {**({"student": arch} if arch is not None else {}), **(archs or {})}
     space = next(iter(archs.values())).get_space() if archs else get_space("adabert")
+    apply_allocator(protocol.allocator)  # before the models are built (a run process has trained under glibc's own)
     be = get_backend(meta.get("name", "onnxruntime"), threads=int(meta.get("threads", 1)),
                      device=meta.get("device", "cpu"))
     try:
