@@ -205,6 +205,7 @@ def main() -> int:
             print(f"core {args.measure_core} is busy (someone is measuring): {busy}; not measuring")
             return 3
         os.sched_setaffinity(0, {args.measure_core})
+    from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
     from latency.measure import EXPORT_CTX, measure_in_rounds, token_inputs
     from latency.stats import Protocol
@@ -212,6 +213,7 @@ def main() -> int:
     protocol = Protocol.from_dict(prof.meta["protocol"])
     visits = protocol.visits
     t0 = time.perf_counter()
+    apply_allocator(protocol.allocator)  # before the models are built: this process has searched under glibc's own
     with get_backend(backend["name"], threads=int(backend["threads"]), device=backend.get("device", "cpu")) as be:
         entries = {}
         for i, (cover, space, ctx, *_rest) in enumerate(plan):
