@@ -392,7 +392,8 @@ def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Pr
         for w, job in todo:
             needed = job.kind == "e2e" and w < e2e_main
             if deadline is not None and not needed:
-                held = e2e_left * (sum(e2e_s[-BUDGET_WINDOW:]) / len(e2e_s[-BUDGET_WINDOW:]) if e2e_s else 0.0)
+                recent = e2e_s[-BUDGET_WINDOW:]
+                held = e2e_left * (sum(recent) / len(recent) if recent else 0.0)
                 if time.perf_counter() + held >= deadline:
                     skipped += 1
                     bar.advance()
