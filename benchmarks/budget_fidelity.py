@@ -32,6 +32,11 @@ models measured at or under their budget, with or without it. ``--aim both`` sea
 measures all the models in the same shuffled rounds, so that the machine's drift cannot tell the two apart
 (``by_aim``).
 
+``--verify N``: between the searches and the rounds, each search's pick is timed by one ``hwnas measure`` call and,
+where it lands outside [0.935, 1.00] x budget, searched again with the budget divided by that pick's measured /
+predicted (at most N measurements; :func:`nas.verify.land`, what ``hwnas search adabert --verify`` does before
+training); the rounds then measure the picks kept (``verify`` per row and in the summary).
+
 Target: every measured latency within +5% of its budget and no more than 10% below it. Beside it,
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
 signed difference; with ``--recheck``, since the recheck) divided out.
@@ -139,6 +144,10 @@ def main() -> int:
                     help="on: aim each search under the budget by the predictor's own held-out error (cv_under_q90), "
                     "as the engines do, instead of the fixed 1.5 %% margin; both: search each budget both ways and "
                     "measure all the models in the same shuffled rounds (the same machine state for both)")
+    ap.add_argument("--verify", type=int, default=0, metavar="N",
+                    help="as `hwnas search adabert --verify N` does: time each search's pick (one `hwnas measure` "
+                         "call, on the measuring core) and search again with the predictor's reading on it divided "
+                         "out where it lands outside 0.935-1.00 x budget, at most N measurements (default 0: off)")
     ap.add_argument("--contexts", default=None,
                     help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
@@ -211,6 +220,31 @@ def main() -> int:
     from latency.stats import Protocol
 
     protocol = Protocol.from_dict(prof.meta["protocol"])
+    landings: dict[int, dict] = {}
+    if args.verify:  # the engines' measure-before-training loop (nas.verify), on the measuring core
+        from nas.verify import land, profile_measurer
+
+        for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(plan):
+            measure, why = profile_measurer(prof, ctx, cover["num_labels"])
+            if measure is None:
+                print(f"--verify: {why}")
+                return 2
+            cost = pred.cost_matrix(space, ctx)
+            capacity = capacity_model(space, cover["num_labels"])
+            margin = aimed_margin[space.name] if aimed else MARGIN
+            picks = {1.0: (arch, predicted, rounds)}
+
+            def pick(scale, space=space, cost=cost, capacity=capacity, budget=budget, margin=margin, picks=picks):
+                if scale not in picks:
+                    idx, p, r = latency_search(space, cost, capacity, budget / scale, seed=args.seed, margin=margin)
+                    picks[scale] = (space.from_indices(full_indices(space, idx)), p, r)
+                return picks[scale][:2]
+
+            t0 = time.perf_counter()
+            got = land(pick, measure, budget, args.verify, key=lambda a: a.key)
+            landings[i] = {**got.to_dict(budget), "seconds": round(time.perf_counter() - t0, 1)}
+            plan[i] = (cover, space, ctx, frac, budget, got.arch, got.predicted_ms, rounds, search_s, aimed)
+            print(f"verified {space.name} {ctx} budget {budget:.3f} ms: {got.note(budget)}", flush=True)
     visits = protocol.visits
     t0 = time.perf_counter()
     apply_allocator(protocol.allocator)  # before the models are built: this process has searched under glibc's own
@@ -240,7 +274,7 @@ def main() -> int:
                "within_target": bool(0.9 * budget <= meas <= 1.05 * budget), "met": bool(meas <= budget),
                "measure_call_within_target": bool(0.9 * budget <= single[i] <= 1.05 * budget),
                "params": space.analytic_params(arch, cover["num_labels"]), "rounds": rounds,
-               "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict()}
+               "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict(), "verify": landings.get(i)}
         rows.append(row)
         print(f"{space.name:8s} {str(ctx):8s} budget {budget:8.3f} ms  predicted {predicted:8.3f}  measured "
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
@@ -266,6 +300,9 @@ def main() -> int:
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
                              "of the visits' p50; measure_call_ms: one `hwnas measure` call (measure_arch) each",
+              "verify": {"tries": args.verify, "landed": sum(bool(v["landed"]) for v in landings.values()),
+                         "picks_measured": sum(len(v["tries"]) for v in landings.values()),
+                         "seconds": round(sum(v["seconds"] for v in landings.values()), 1)} if args.verify else None,
               "rounds_s": round(rounds_s, 1), "measuring_core_shared_at_end": busy, "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(f"{ok}/{len(rows)} within target, {result['met']}/{len(rows)} at or under budget; wrote {args.out}")

