@@ -35,7 +35,9 @@ measures all the models in the same shuffled rounds, so that the machine's drift
 ``--verify N``: between the searches and the rounds, each search's pick is timed by one ``hwnas measure`` call and,
 where it lands outside [0.935, 1.00] x budget, searched again with the budget divided by that pick's measured /
 predicted (at most N measurements; :func:`nas.verify.land`, what ``hwnas search adabert --verify`` does before
-training); the rounds then measure the picks kept (``verify`` per row and in the summary).
+training); the rounds then measure the picks kept (``verify`` per row and in the summary). ``--verify-both``: the
+predictor's own picks are measured too, in the same rounds (``by_verify``; ``pick`` per row: predictor, verified, or
+both where the loop kept the predictor's pick).
 
 Target: every measured latency within +5% of its budget and no more than 10% below it. Beside it,
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
@@ -148,6 +150,9 @@ def main() -> int:
                     help="as `hwnas search adabert --verify N` does: time each search's pick (one `hwnas measure` "
                          "call, on the measuring core) and search again with the predictor's reading on it divided "
                          "out where it lands outside 0.935-1.00 x budget, at most N measurements (default 0: off)")
+    ap.add_argument("--verify-both", action="store_true",
+                    help="with --verify: measure the predictor's own picks too, in the same shuffled rounds as the "
+                         "verified ones (``by_verify``), so that the machine's drift cannot tell them apart")
     ap.add_argument("--contexts", default=None,
                     help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
@@ -221,10 +226,11 @@ def main() -> int:
 
     protocol = Protocol.from_dict(prof.meta["protocol"])
     landings: dict[int, dict] = {}
+    role = dict.fromkeys(range(len(plan)), "predictor")  # whose pick each plan entry is: predictor, verified, both
     if args.verify:  # the engines' measure-before-training loop (nas.verify), on the measuring core
         from nas.verify import land, profile_measurer
 
-        for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(plan):
+        for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(list(plan)):
             measure, why = profile_measurer(prof, ctx, cover["num_labels"])
             if measure is None:
                 print(f"--verify: {why}")
@@ -244,6 +250,10 @@ def main() -> int:
             got = land(pick, measure, budget, args.verify, key=lambda a: a.key)
             landings[i] = {**got.to_dict(budget), "seconds": round(time.perf_counter() - t0, 1)}
             plan[i] = (cover, space, ctx, frac, budget, got.arch, got.predicted_ms, rounds, search_s, aimed)
+            role[i] = "both" if got.arch == arch else "verified"
+            if args.verify_both and got.arch != arch:  # the predictor's own pick, measured in the same rounds
+                role[len(plan)] = "predictor"
+                plan.append((cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed))
             print(f"verified {space.name} {ctx} budget {budget:.3f} ms: {got.note(budget)}", flush=True)
     visits = protocol.visits
     t0 = time.perf_counter()
@@ -274,7 +284,8 @@ def main() -> int:
                "within_target": bool(0.9 * budget <= meas <= 1.05 * budget), "met": bool(meas <= budget),
                "measure_call_within_target": bool(0.9 * budget <= single[i] <= 1.05 * budget),
                "params": space.analytic_params(arch, cover["num_labels"]), "rounds": rounds,
-               "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict(), "verify": landings.get(i)}
+               "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict(), "verify": landings.get(i),
+               "pick": role[i] if args.verify else None}
         rows.append(row)
         print(f"{space.name:8s} {str(ctx):8s} budget {budget:8.3f} ms  predicted {predicted:8.3f}  measured "
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
@@ -303,9 +314,17 @@ def main() -> int:
               "verify": {"tries": args.verify, "landed": sum(bool(v["landed"]) for v in landings.values()),
                          "picks_measured": sum(len(v["tries"]) for v in landings.values()),
                          "seconds": round(sum(v["seconds"] for v in landings.values()), 1)} if args.verify else None,
+              "by_verify": {k: {"within_target": sum(r["within_target"] for r in rows if r["pick"] in v),
+                                "met": sum(r["met"] for r in rows if r["pick"] in v),
+                                "total": sum(r["pick"] in v for r in rows)}
+                            for k, v in (("predictor", ("predictor", "both")), ("verified", ("verified", "both")))}
+              if args.verify_both else None,
               "rounds_s": round(rounds_s, 1), "measuring_core_shared_at_end": busy, "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(f"{ok}/{len(rows)} within target, {result['met']}/{len(rows)} at or under budget; wrote {args.out}")
+    if result["by_verify"]:
+        print("by pick: " + "; ".join(f"{k} {v['within_target']}/{v['total']} within target, {v['met']} at or under"
+                                      for k, v in result["by_verify"].items()))
     return 0
 
 

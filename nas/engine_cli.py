@@ -104,10 +104,11 @@ def search_args(p: argparse.ArgumentParser) -> None:
                    "nasbert: its --recipe's)")
     nasbert_args(p)
     p.add_argument("--no-measure", action="store_true", help="skip timing the models at the end (run again to add it)")
-    p.add_argument("--verify", type=int, default=3, metavar="N",
+    p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="time the picked architecture (nasbert: each budget's) before training or writing it, on "
-                        "the profile's device, and pick again with the predictor's reading on it divided out where it lands outside 0.935-1.00 x "
-                        "the budget; at most N measurements (default 3; 0: the predictor's pick as it is)")
+                        "the profile's device, and pick again with the predictor's reading on it divided out where "
+                        "it lands outside 0.935-1.00 x the budget; at most N measurements (default 0: the "
+                        "predictor's pick as it is; try 3 on a machine that runs steadily)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
 

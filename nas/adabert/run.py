@@ -96,7 +96,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def run_adabert(task, teacher_dir: str | os.PathLike, profile: str | os.PathLike | None, budget_ms: float | None,
                 out: str | os.PathLike, ctx: Context | None = None, config: SearchConfig | None = None,
                 preset: str | None = None, budget_cost: float | None = None, measure: bool = True,
-                progress: bool = False, fixed_arch: Architecture | None = None, verify: int = 3) -> dict[str, Any]:
+                progress: bool = False, fixed_arch: Architecture | None = None, verify: int = 0) -> dict[str, Any]:
     """Search, retrain and report one AdaBERT student for ``task`` under a budget on a profiled device.
 
     Args:

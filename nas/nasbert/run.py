@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def open_run(run_dir: str | os.PathLike):
 
 def run_nasbert(corpus: list[str], profile: str | os.PathLike, budgets_ms: list[float], out: str | os.PathLike,
                 ctx: Context | None = None, config: NasBertConfig | None = None, teacher: str | None = None,
-                preset: str | None = None, measure: bool = True, progress: bool = False, verify: int = 3
+                preset: str | None = None, measure: bool = True, progress: bool = False, verify: int = 0
                 ) -> dict[str, Any]:
     """Distil a NAS-BERT supernet block-wise, shrink it, and choose one architecture per latency budget.
 
@@ -442,12 +443,18 @@ def _paths_in_block(space, lay) -> int:
 
 
 def _write_model(folder: Path, space, arch, nets, tok, prof, budget: float, ctx, predicted: float) -> None:
+    from nas.arch import Architecture
     from nas.export import export_cli
     from nas.modeling import save_pretrained
     from nas.nasbert.supernet import student_from_blocks
 
     if (folder / "model.onnx").is_file() and (folder / "arch.json").is_file():
-        return
+        if Architecture.load(folder / "arch.json") == arch:
+            return
+        # chosen again as another architecture (a refitted predictor, --verify): the folder's model is of the old one
+        # (a fine-tuned MODEL_<task> beside it stays, of the old one too; the report drops its figures)
+        log.warning("%s holds a model of another architecture than this selection's; replacing it", folder)
+        shutil.rmtree(folder)
     model = student_from_blocks(space, arch, nets)
     save_pretrained(model, arch, folder, 2, False, extra_card={
         "engine": "nasbert (task-agnostic; fine-tune with `hwnas finetune`)", "device_profile": prof.name,

@@ -213,6 +213,41 @@ def test_a_trained_run_keeps_its_architecture_when_the_derivation_would_change(r
     assert again["student_accuracy"] == first["student_accuracy"] and "kept the trained one" in caplog.text
 
 
+def test_verify_times_the_pick_before_retraining_and_trains_the_one_kept(run, demo_teacher, demo_small, space, lat_cost,
+                                                                          tmp_path, monkeypatch):
+    """--verify on the searched weights of the run (its search kept, the rest redone): the pick timed by a stand-in
+    for this machine (1.12 x the predictor), fitted again, and the model trained, saved and reported is the one kept."""
+    import nas.adabert.measure
+    import nas.verify
+    from nas.modeling import load_config
+
+    out, _ = run
+    copy = tmp_path / "verified"
+    shutil.copytree(out, copy)
+    for name in ("retrain.json", "arch.json", "report.json", "model.onnx"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "model")
+    calls = []
+
+    def measurer(prof, ctx, num_labels=2):
+        return (lambda arch: calls.append(arch) or 1.12 * lat_cost.value(space.indices(arch))), None
+
+    monkeypatch.setattr(nas.verify, "profile_measurer", measurer)
+    monkeypatch.setattr(nas.adabert.measure, "measure_report", lambda out, prof, ctx, teacher, predicted: {
+        "measured_latency_ms": 1.0, "speedup_vs_teacher": 1.0, "speedup_vs_bert_base": 1.0, "budget_met": None,
+        "measure_note": "stand-in", "measure_protocol": "stand-in"})
+    report = run_adabert(demo_small, demo_teacher.path, PROFILE, BUDGET_MS, copy, config=SearchConfig(**CFG),
+                         measure=True, verify=2)
+    v = report["verify"]
+    kept = Architecture.load(copy / "arch.json")
+    assert v["arch"] == kept.to_dict() == json.loads((copy / "verify.json").read_text())["arch"] and calls
+    assert report["predicted_latency_ms"] == pytest.approx(v["predicted_ms"]) and v["tries"][-1]["kept"] == v["landed"]
+    assert v["tries"][0]["share"] == pytest.approx(1.12 * v["tries"][0]["predicted_ms"] / BUDGET_MS)
+    if v["tries"][0]["share"] > 1.0:  # timed over: fitted again, smaller
+        assert len(v["tries"]) == 2 and report["predicted_latency_ms"] < v["tries"][0]["predicted_ms"]
+    assert load_config(copy / "model").card["predicted_latency_ms"] == pytest.approx(v["predicted_ms"])
+
+
 def test_flops_efficiency_with_a_cost_budget(demo_teacher, space, tmp_path, capsys):
     from latency.loss import build_cost_model
     from nas.cli import main

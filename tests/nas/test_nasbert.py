@@ -261,6 +261,43 @@ def test_a_reselection_keeps_measurements_only_for_the_same_architecture(run, te
         path.write_text(before)
 
 
+def test_verify_times_each_choice_and_the_report_and_models_follow_it(run, teacher2, corpus, space, cost, tmp_path,
+                                                                      monkeypatch):
+    """--verify on a copy of the run: each budget's choice timed (a stand-in for this machine: 1.1 x the
+    predictor), chosen again where over, the model written for the kept one; a re-run times nothing again."""
+    import nas.nasbert.run as nr
+    import nas.verify
+    from nas.arch import Architecture
+
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    calls: list[str] = []
+
+    def measurer(prof, ctx, num_labels=2):
+        def measure(arch):
+            calls.append(arch.key)
+            return 1.1 * cost.value(space.indices(arch))
+        return measure, None
+
+    monkeypatch.setattr(nas.verify, "profile_measurer", measurer)
+    monkeypatch.setattr(nr, "_measure", lambda rows, prof, ctx: {})  # the rounds at the end are measure_models'
+    r = run_nasbert([str(corpus)], PROFILE, [4.0, 6.0], out, CTX, CFG, teacher=str(teacher2), measure=True, verify=2)
+    saved = json.loads((out / "verify.json").read_text())
+    for b in r["budgets"]:
+        v = b["verify"]
+        assert v["tries"] and v["tries"][0]["scale"] == 1.0 and v["tries"][-1]["kept"] == v["landed"]
+        assert v["tries"][0]["measured_ms"] == pytest.approx(1.1 * v["tries"][0]["predicted_ms"])
+        assert b["arch"] == saved[f"{b['budget_ms']:g}"]["arch"]
+        assert Architecture.load(Path(b["model_dir"]) / "arch.json").to_dict() == b["arch"]
+        if len(v["tries"]) > 1:  # chosen again: the first choice, as timed, was over its budget
+            assert v["tries"][0]["share"] > 1.0 and b["predicted_latency_ms"] < v["tries"][0]["predicted_ms"]
+    assert len(calls) >= 2
+    calls.clear()
+    again = run_nasbert([str(corpus)], PROFILE, [4.0, 6.0], out, CTX, CFG, teacher=str(teacher2), measure=True,
+                        verify=2)
+    assert calls == [] and [b["arch"] for b in again["budgets"]] == [b["arch"] for b in r["budgets"]]
+
+
 def test_refusals_are_one_line_and_claim_nothing(teacher2, corpus, tmp_path, run):
     def call(**kw):
         args = {"corpus": [str(corpus)], "profile": PROFILE, "budgets_ms": [2.0], "out": tmp_path / "x",
