@@ -53,7 +53,7 @@ class Landing:
         if self.landed:
             return f"pick timed here: {where}" + (f" (pick {n}: the predictor read the earlier off)" if n > 1 else "")
         kept = "the closest under it" if self.measured_ms <= ACCEPT[1] * budget_ms else "the fastest (none was under)"
-        return (f"no pick timed here within [{ACCEPT[0]:.3f}, {ACCEPT[1]:.3f}] x budget in {n} tries; kept {kept}: "
+        return (f"no pick timed here within [{ACCEPT[0]:.3f}, {ACCEPT[1]:.3f}] x budget in {n} tr{'y' if n == 1 else 'ies'}; kept {kept}: "
                 f"{where}")
 
 
