@@ -191,9 +191,16 @@ def aim_lines(r: dict) -> list[str]:
     w, q = r.get("aimed_window"), r.get("predictor_under_q90")
     if not w:
         return []
+    from latency.predictor import MAX_MARGIN
+
     why = ("no held-out error recorded (refit the profile's predictor to get one)" if q is None else
            f"the predictor reads up to {100 * q:.1f} % low on 9 in 10 architectures it was not fitted on")
-    return [f"  aimed at {w[0]:.3f}-{w[1]:.3f} x budget as predicted: {why}"]
+    lines = [f"  aimed at {w[0]:.3f}-{w[1]:.3f} x budget as predicted: {why}"]
+    if q is not None and q > MAX_MARGIN:
+        lines.append(f"  warning: that is more than the {MAX_MARGIN:.0%} a search leaves under its budget; expect "
+                     "misses: the profile's whole models may not repeat (its profile.json `retest`) or the "
+                     "predictor fit them poorly; re-profile this device, e.g. at one thread")
+    return lines
 
 
 def verify_lines(r: dict) -> list[str]:

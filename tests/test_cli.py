@@ -205,3 +205,13 @@ def test_search_with_an_infeasible_budget_gives_one_line(tmp_path):
     assert_one_line_error(r.returncode, r.stderr, "budget 0.01 ms is below the fastest adabert/small",
                           "raise --budget-ms to at least")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_predictor_reading_low_beyond_what_the_aim_absorbs_is_a_warning_in_the_report():
+    from nas.engine_cli import aim_lines
+
+    ok = aim_lines({"aimed_window": [0.91, 0.96], "predictor_under_q90": 0.04})
+    bad = aim_lines({"aimed_window": [0.85, 0.90], "predictor_under_q90": 0.443})  # amd-epyc-2c_ort-1.31_t2's AdaBERT
+    assert len(ok) == 1 and "reads up to 4.0 % low" in ok[0]
+    assert len(bad) == 2 and "44.3 % low" in bad[0] and "more than the 10% a search leaves" in bad[1]
+    assert aim_lines({"aimed_window": None}) == []
