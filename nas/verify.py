@@ -6,7 +6,9 @@ The predictor reads a model to a few percent on average, but the architectures a
 ones it knows least (homogeneous cells of one op, the space's corners), and a machine's speed drifts between the
 profile's day and the search's (``benchmarks/README.md``: the Zen 5 VM read 5-19 % away from its profiles on other
 days). Timing the pick costs seconds (an untrained model times like a trained one) against the minutes of training
-that follow; so a run checks it first:
+that follow; so a run can check it first (``--verify N``; off by default: on the development VM, whose speed moves
+by several percent within minutes, the loop chased that drift as often as it corrected the predictor,
+``benchmarks/README.md``, 2026-12-06):
 
 1. ``pick(1.0)``: the search's choice as the predictor reads it; measure it;
 2. kept if ``ACCEPT[0] x budget <= measured <= ACCEPT[1] x budget``;
@@ -53,8 +55,8 @@ class Landing:
         if self.landed:
             return f"pick timed here: {where}" + (f" (pick {n}: the predictor read the earlier off)" if n > 1 else "")
         kept = "the closest under it" if self.measured_ms <= ACCEPT[1] * budget_ms else "the fastest (none was under)"
-        return (f"no pick timed here within [{ACCEPT[0]:.3f}, {ACCEPT[1]:.3f}] x budget in {n} tr{'y' if n == 1 else 'ies'}; kept {kept}: "
-                f"{where}")
+        tries = f"{n} tr{'y' if n == 1 else 'ies'}"
+        return f"no pick timed here within [{ACCEPT[0]:.3f}, {ACCEPT[1]:.3f}] x budget in {tries}; kept {kept}: {where}"
 
 
 def land(pick: Callable[[float], tuple[Any, float]], measure: Callable[[Any], float], budget_ms: float,
