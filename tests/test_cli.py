@@ -215,3 +215,12 @@ def test_a_predictor_reading_low_beyond_what_the_aim_absorbs_is_a_warning_in_the
     assert len(ok) == 1 and "reads up to 4.0 % low" in ok[0]
     assert len(bad) == 2 and "44.3 % low" in bad[0] and "more than the 10% a search leaves" in bad[1]
     assert aim_lines({"aimed_window": None}) == []
+
+
+@pytest.mark.parametrize("engine, extra", [("adabert", ("--task", "demo", "--teacher", "t", "--budget-ms", "2")),
+                                           ("nasbert", ("--corpus", "demo", "--budgets-ms", "2"))])
+def test_a_negative_verify_is_one_line(capsys, tmp_path, engine, extra):
+    rc, _, err = run(capsys, "search", engine, *extra, "--profile", "intel-xeon-2c_ort-1.31_t1", "--out",
+                     tmp_path / "r", "--verify", "-1")
+    assert_one_line_error(rc, err, "--verify must be 0 (off) or a number of measurements, got -1")
+    assert not (tmp_path / "r").exists()
