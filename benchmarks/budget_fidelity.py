@@ -291,7 +291,8 @@ def main() -> int:
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
     busy = pinned_to(args.measure_core) if args.measure_core is not None else []
     ok = sum(r["within_target"] for r in rows)
-    result = {"profile": prof.name, "backend": backend, "predictor": pred.kind, "recheck_before_search": rechecked,
+    result = {"profile": prof.name, "profile_created": prof.meta.get("created"), "profile_path": str(prof.path),
+              "backend": backend, "predictor": pred.kind, "recheck_before_search": rechecked,
               "target": "0.90 * budget <= measured <= 1.05 * budget", "within_target": ok, "total": len(rows),
               "met": sum(r["met"] for r in rows),
               "aim": {name: {"under_q90": pred.under_q90(name), "margin": m} for name, m in aimed_margin.items()}

@@ -183,10 +183,15 @@ def search_found(prof: ProfileData) -> dict | None:
 
 def search_rows(prof: ProfileData) -> list[dict]:
     """The measured rows of the budgeted searches on ``prof`` (``results/budget_fidelity*.json``, not superseded),
-    each with the speed factor its searches' predictor carried (``speed``)."""
+    each with the speed factor its searches' predictor carried (``speed``). A result that records the profile's
+    ``created`` time (``profile_created``, since 2026-12-06) counts only for that measurement of the profile: a
+    profile of the same name measured elsewhere (e.g. a judge profile under ``runs/``) is another one."""
     rows = []
+    created = prof.meta.get("created")
     for f in sorted((ROOT / "benchmarks" / "results").glob("budget_fidelity*.json")):
         r = json.loads(f.read_text())
+        if r.get("profile_created", created) != created:
+            continue
         if r.get("profile") == prof.name and not r.get("superseded_by"):  # not a run on an earlier measurement
             speed = (r.get("recheck_before_search") or {}).get("factor", 1.0)
             rows += [{**row, "speed": speed} for row in r["rows"]]
