@@ -230,8 +230,12 @@ def main() -> int:
     if args.verify:  # the engines' measure-before-training loop (nas.verify), on the measuring core
         from nas.verify import land, profile_measurer
 
+        measurers = {}  # one device check per Context and head, not per search
         for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(list(plan)):
-            measure, why = profile_measurer(prof, ctx, cover["num_labels"])
+            key = (ctx, cover["num_labels"])
+            if key not in measurers:
+                measurers[key] = profile_measurer(prof, *key)
+            measure, why = measurers[key]
             if measure is None:
                 print(f"--verify: {why}")
                 return 2

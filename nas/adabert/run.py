@@ -71,17 +71,16 @@ def _verify(out: Path, space, probs, argmax_arch, cost, lat_cost, window, budget
                   "arch": first[0].to_dict(), "tries": []}
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         return first[0], first[1], record
-    picks: dict[float, tuple[Architecture, list[dict]]] = {1.0: first}
+    moves_of: dict[str, list[dict]] = {}  # each pick's budget moves, by architecture
 
     def pick(scale: float):
-        if scale not in picks:
-            picks[scale] = fit_to_budget(space, probs, argmax_arch, cost, window[0] * budget_ms / scale,
-                                         window[1] * budget_ms / scale)
-        return picks[scale][0], lat_cost.value(space.indices(picks[scale][0]))
+        arch, moves = first if scale == 1.0 else fit_to_budget(
+            space, probs, argmax_arch, cost, window[0] * budget_ms / scale, window[1] * budget_ms / scale)
+        moves_of.setdefault(arch.key, moves)
+        return arch, lat_cost.value(space.indices(arch))
 
     landing = land(pick, measure, budget_ms, tries, key=lambda a: a.key)
-    kept = next(t["scale"] for t in landing.tries if t["kept"])
-    moves = next(m for s, (a, m) in picks.items() if round(s, 6) == kept and a == landing.arch)
+    moves = moves_of[landing.arch.key]
     record = {**landing.to_dict(budget_ms), "first": first[0].key, "arch": landing.arch.to_dict(),
               "budget_moves": moves}
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")

@@ -349,7 +349,6 @@ def _verify_choices(out: Path, table, choices: list, cfg, rescore, window, prof,
             rows_of: dict[str, int] = {}
 
             def pick(scale: float, ch=ch, rows_of=rows_of):
-                nonlocal table
                 r = ch.row
                 if scale != 1.0:
                     (c,), again = choose(table, [ch.budget_ms / scale], cfg.top_per_budget, rescore, window)
