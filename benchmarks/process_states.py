@@ -9,6 +9,7 @@ an object).
 
     python benchmarks/process_states.py                      # torch, AdaBERT's convolutions, on a quiet machine
     python benchmarks/process_states.py --backend onnxruntime --processes 12
+    python benchmarks/process_states.py --ops --e2e 8 --contexts 32x128 8x256     # whole AdaBERT models only
 
 Found on the Zen 5 host (2026-12-06, one thread, nothing else running): with torch 2.13 eager, each of AdaBERT's six
 convolutions at three Contexts read more than 10 % above its median in 0-13 % of 30 fresh processes (3 % over the
@@ -16,7 +17,9 @@ convolutions at three Contexts read more than 10 % above its median in 0-13 % of
 a state drawn per process and shape, not per object or per moment (so the full torch profile's 1.81 ms for k=5 at
 batch 32 x seq_len 128, in all three of its visits minutes apart, against 0.93-0.99 ms in four transfer sittings,
 is its process's draw). With oneDNN off (``torch.backends.mkldnn.enabled = False``) the op ran 12x slower and
-showed none. onnxruntime 1.31, 12 processes: none; every entry within 1.02x of its median.
+showed none. onnxruntime 1.31, 12 processes: none; every entry within 1.02x of its median. Six whole AdaBERT
+models at b32 s128 and b8 s256 (``--ops --e2e 6``), torch, 12 processes: a median 3.0 % from their median over
+processes (p90 8.5 %, max 1.33x), the two objects of a process 1.9 % apart.
 """
 from __future__ import annotations
 
@@ -73,8 +76,25 @@ def child(args) -> None:
                 r = backend.prepare(module, get_op(spec.kind).example_inputs(spec, EXPORT_CTX, gen))
                 backend.bind(r, get_op(spec.kind).example_inputs(spec, ctx, torch.Generator().manual_seed(0)))
                 entries[f"{spec.key}@{text}#{obj}"] = r
-    res = measure_in_rounds(backend, entries, protocol, kind="op", seed=args.seed)
-    print(json.dumps({k: v["latency_p50_ms"] for k, v in res.items()}), flush=True)
+    out = {k: v["latency_p50_ms"] for k, v in measure_in_rounds(backend, entries, protocol, kind="op",
+                                                                 seed=args.seed).items()}
+    if args.e2e:
+        from latency.journal import NUM_LABELS
+        from latency.measure import token_inputs
+        from latency.profiler import sample_archs
+        from nas.spaces import get_space
+
+        space = get_space(args.space)
+        whole = {}
+        for i, arch in enumerate(sample_archs(space, args.e2e, seed=0)):  # the same architectures in every process
+            for text in args.contexts:
+                for obj in OBJECTS:
+                    r = backend.prepare_arch(arch, token_inputs(space, EXPORT_CTX), NUM_LABELS, seed=0)
+                    backend.bind(r, token_inputs(space, parse_ctx(text)))
+                    whole[f"{space.name}#{i}@{text}#{obj}"] = r
+        out.update({k: v["latency_p50_ms"] for k, v in measure_in_rounds(backend, whole, protocol, kind="e2e",
+                                                                         seed=args.seed).items()})
+    print(json.dumps(out), flush=True)
 
 
 def summarise(per_process: list[dict]) -> list[dict]:
@@ -103,15 +123,21 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--processes", type=int, default=24)
-    ap.add_argument("--ops", nargs="+", default=list(OPS), help="op templates, e.g. conv:dilation=1,k=5")
+    ap.add_argument("--ops", nargs="*", default=list(OPS), help="op templates, e.g. conv:dilation=1,k=5")
     ap.add_argument("--hidden", type=int, default=64, help="the ops' width (AdaBERT small: 64)")
     ap.add_argument("--contexts", nargs="+", default=list(CONTEXTS), help="BATCHxSEQ_LEN, e.g. 32x128")
+    ap.add_argument("--e2e", type=int, default=0, help="also this many sampled whole architectures of --space")
+    ap.add_argument("--space", default="adabert", help="the space of --e2e's architectures (default preset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     for text in args.contexts:
         parse_ctx(text)
+    if args.e2e < 0:
+        raise SystemExit(f"process_states.py: --e2e must be 0 or more, got {args.e2e}")
+    if not args.ops and not args.e2e:
+        raise SystemExit("process_states.py: nothing to time; give --ops templates or --e2e N")
     if args.processes < 2:
         raise SystemExit("process_states.py: --processes must be at least 2 to compare processes")
     if args.child:
@@ -121,7 +147,8 @@ def main() -> None:
     from nas.io import atomic_write_text
 
     cmd = [sys.executable, __file__, "--child", "--backend", args.backend, "--threads", str(args.threads),
-           "--hidden", str(args.hidden), "--ops", *args.ops, "--contexts", *args.contexts]
+           "--hidden", str(args.hidden), "--e2e", str(args.e2e), "--space", args.space, "--ops", *args.ops,
+           "--contexts", *args.contexts]
     per_process, started = [], time.time()
     for i in range(args.processes):
         out = subprocess.run(cmd + ["--seed", str(args.seed + i)], capture_output=True, text=True)

@@ -29,7 +29,9 @@ def test_summary_flags_the_slow_process_and_compares_its_two_objects():
 
 
 @pytest.mark.parametrize("argv, says", [(["--processes", "1"], "at least 2"),
-                                        (["--contexts", "32by128"], "BATCHxSEQ_LEN")])
+                                        (["--contexts", "32by128"], "BATCHxSEQ_LEN"),
+                                        (["--ops", "--e2e", "0"], "nothing to time"),
+                                        (["--e2e", "-1"], "0 or more")])
 def test_bad_arguments_are_one_line(argv, says):
     out = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
     assert out.returncode != 0
