@@ -56,13 +56,15 @@ def child(args) -> None:
     """One process: every op x Context x object prepared, then timed in shuffled rounds; prints one JSON line."""
     import torch
 
+    from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
     from latency.measure import EXPORT_CTX, measure_in_rounds
     from latency.stats import Protocol
     from nas.spaces.ops import OpSpec, build_op, get_op
 
-    backend = get_backend(args.backend, threads=args.threads)
     protocol = Protocol()
+    apply_allocator(protocol.allocator)  # before anything is built, as a profile's session does
+    backend = get_backend(args.backend, threads=args.threads)
     entries = {}
     for template in args.ops:
         spec = OpSpec.parse(template, hidden=args.hidden)
@@ -153,7 +155,8 @@ def main() -> None:
     for i in range(args.processes):
         out = subprocess.run(cmd + ["--seed", str(args.seed + i)], capture_output=True, text=True)
         if out.returncode:
-            raise SystemExit(f"process_states.py: process {i} failed: {out.stderr.strip().splitlines()[-1:]}")
+            last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+            raise SystemExit(f"process_states.py: process {i} failed: {last}")
         per_process.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"process {i + 1}/{args.processes} done ({time.time() - started:.0f} s)", flush=True)
     rows = summarise(per_process)
