@@ -209,7 +209,10 @@ cmd_measure.arguments(lambda p: (
     p.add_argument("--device", default=None, help="cpu | cuda (default: cpu; with --profile, the profile's)"),
     p.add_argument("--threads", type=int, default=1),
     p.add_argument("--profile", default=None, help="take the backend, threads and protocol of this profile (its "
-                   "whole-model rows and this measurement are then comparable)"), _add_ctx(p), _add_json(p)))
+                   "whole-model rows and this measurement are then comparable)"),
+    p.add_argument("--processes", type=int, default=1, help="measure in this many fresh processes, one after the "
+                   "other, and report the median (eager torch draws a speed per process; default 1)"),
+    _add_ctx(p), _add_json(p)))
 
 
 @command("fit", "Fit a latency predictor from a profile folder (writes PROFILE/predictor.json).",

@@ -255,6 +255,22 @@ def test_measure_json(tmp_path, capsys):
     assert r["batch"] == 2 and r["backend"] == "onnxruntime" and r["n_runs"] >= r["protocol"]["min_runs"]
 
 
+def test_measure_in_fresh_processes_reports_the_median_and_each(tmp_path, capsys):
+    assert main(["sample", "--space", "nasbert", "--preset", "tiny", "--seed", "3", "--out", str(tmp_path / "a.json")]) == 0
+    capsys.readouterr()
+    rc, stdout, _ = _cli(["measure", str(tmp_path / "a.json"), "--batch", "2", "--seq-len", "16", "--processes", "3",
+                          "--json"], capsys)
+    r = json.loads(stdout)
+    per = r["processes"]
+    assert rc == 0 and per["n"] == 3 and len(per["latency_p50_ms"]) == 3
+    assert r["latency_p50_ms"] == sorted(per["latency_p50_ms"])[1]
+    assert per["slowest_over_fastest"] == max(per["latency_p50_ms"]) / min(per["latency_p50_ms"]) >= 1.0
+    rc, stdout, err = _cli(["measure", str(tmp_path / "a.json"), "--processes", "0"], capsys)
+    assert rc != 0 and stdout == "" and "--processes must be at least 1" in err and len(err.strip().splitlines()) == 1
+    rc, stdout, err = _cli(["measure", str(tmp_path / "a.json"), "--processes", "2", "--batch", "0"], capsys)
+    assert rc != 0 and "process 1 of 2 failed" in err and len(err.strip().splitlines()) == 1
+
+
 def test_measure_with_a_profiles_protocol(tiny_profile, tmp_path, capsys):
     out, _ = tiny_profile
     assert main(["sample", "--space", "adabert", "--preset", "tiny", "--seed", "2", "--out", str(tmp_path / "a.json")]) == 0
