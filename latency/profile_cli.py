@@ -53,6 +53,8 @@ def config_from_args(args) -> ProfileConfig:
         protocol = replace(protocol, statistic=args.statistic)
     if getattr(args, "allocator", None):
         protocol = replace(protocol, allocator=args.allocator)
+    if getattr(args, "visit_processes", None):
+        protocol = replace(protocol, visit_processes=args.visit_processes)
     return ProfileConfig(
         backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
         batch=tuple(args.batch or (QUICK_BATCH if quick else CUDA_BATCH if cuda else DEFAULT_BATCH)),
@@ -76,6 +78,8 @@ def transfer_main(args) -> dict:
     src = read_profile(args.transfer_from)
     cfg = transfer_config(src, args.backend, args.device, args.threads, args.e2e, args.seed,
                           getattr(args, "minutes", None))
+    if getattr(args, "visit_processes", None):
+        cfg = replace(cfg, protocol=replace(cfg.protocol, visit_processes=args.visit_processes))
     result = run_profile(cfg, args.out, force_new=args.force_new, progress=not args.json)
     new = read_profile(result["out"])
     pred = fit_transfer(src, new)

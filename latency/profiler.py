@@ -67,6 +67,7 @@ QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CUDA_BATCH, CUDA_SEQ_LEN = (1, 8, 32, 64), (32, 128, 256)  # a GPU serves batches: 1 to 64 (seq_len 64 lies between
 # 32 and 128; 12 Contexts, as on the CPU: on a lent H200 whose speed drifted, the main rounds alone took 11.5 min)
 E2E_SESSIONS = ("per_visit", "shared")  # Protocol.e2e_session
+VISIT_PROCESSES = ("one", "per_round")  # Protocol.visit_processes
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
 # used is released and re-created from its file when next needed
 LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,
@@ -306,11 +307,13 @@ class Graphs:
         return r
 
 
-def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
-    """One visit of ``job``: :func:`latency.stats.summarize` of its timings plus the stop reason."""
+def measure_visit(graphs: Graphs, job: Job, protocol: Protocol, fresh_warmup: bool = True) -> dict:
+    """One visit of ``job``: :func:`latency.stats.summarize` of its timings plus the stop reason. ``fresh_warmup``:
+    a graph prepared for this visit first runs ``protocol.fresh_warmup_s`` untimed (off in a round's own process,
+    :class:`RoundProcess`)."""
     t0 = time.perf_counter()
     runnable = graphs.bound(job)
-    if graphs.fresh:
+    if graphs.fresh and fresh_warmup:
         warm_up_fresh(graphs.backend, runnable, protocol)
     t1 = time.perf_counter()
     samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind))
@@ -318,6 +321,80 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol) -> dict:
     log.debug("%s %s %s: prepare %.3f s, measure %.3f s, %d runs, %s, p50 %.4f ms, cv %.3f", job.kind, job.label,
               job.ctx, t1 - t0, time.perf_counter() - t1, len(samples), reason, s["latency_p50_ms"], s["cv"])
     return s
+
+
+def _round_worker(conn, backend: str, threads: int, device: str, seed: int, e2e_session: str, allocator: str,
+                  workdir: str | None) -> None:
+    """A round's own process (:class:`RoundProcess`): set the allocator first, then take ``(job, protocol)`` off
+    ``conn`` and answer each with ``(True, visit summary)`` or ``(False, "what failed")``; ``None`` ends it."""
+    apply_allocator(allocator)
+    with get_backend(backend, threads=threads, device=device) as b:
+        if workdir:
+            b.use_workdir(Path(workdir))
+        b.settle()
+        graphs = Graphs(b, seed, e2e_session)
+        while (msg := conn.recv()) is not None:
+            job, protocol = msg
+            try:
+                conn.send((True, measure_visit(graphs, job, protocol, fresh_warmup=False)))
+            except Exception as e:  # noqa: BLE001 - sent back and raised in the profile's process
+                conn.send((False, f"{type(e).__name__}: {e}"))
+
+
+class RoundProcess:
+    """``Protocol.visit_processes == "per_round"``: each round of visits in a fresh process of its own (started when
+    the visit index changes, ended before the next), so an entry's visits sample as many processes. Eager torch
+    draws a speed per process and convolution shape (up to 1.85x for one convolution; whole AdaBERT models a median
+    3 % apart between processes: ``benchmarks/process_states.py``); within one process every visit shares the draw.
+    No fresh-graph warm-up there: in fresh torch processes a first visit with the per-visit warm-up only read 0.999x
+    (ops) / 0.992x (whole models) the later ones (README, *Per-process states*)."""
+
+    def __init__(self, cfg: ProfileConfig, workdir: Path | None) -> None:
+        self.args = (cfg.backend, cfg.threads, cfg.device, cfg.seed, cfg.protocol.e2e_session,
+                     cfg.protocol.allocator, str(workdir) if workdir else None)
+        self.round: int | None = None
+        self.proc = self.conn = None
+        self.started = 0  # processes started so far
+
+    def visit(self, job: Job, visit: int, protocol: Protocol) -> dict:
+        if visit != self.round or self.proc is None:
+            self.close()
+            self._start()
+            self.round = visit
+        self.conn.send((job, protocol))
+        try:
+            ok, payload = self.conn.recv()
+        except EOFError:
+            self.close()
+            raise ProfileError(f"the process measuring round {visit + 1} ended unexpectedly at {job.label} "
+                               f"{job.ctx}; resume with the same `hwnas profile` command") from None
+        if not ok:
+            raise ProfileError(f"measuring {job.label} {job.ctx} in round {visit + 1}'s process failed: {payload}")
+        return payload
+
+    def _start(self) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # a new interpreter: nothing of this process's state (heap, oneDNN) carried
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_round_worker, args=(child, *self.args), daemon=True)
+        self.proc.start()
+        child.close()
+        self.started += 1
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join()
+        self.conn.close()
+        self.proc = self.conn = None
 
 
 def rounds(jobs: list[Job], protocol: Protocol, first: int = 0, last: int | None = None) -> list[tuple[int, Job]]:
@@ -369,7 +446,8 @@ class ClockLog:
 
 
 def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Protocol, bar: Progress,
-                 session: dict, clock_log: ClockLog | None = None, started: float | None = None) -> None:
+                 session: dict, clock_log: ClockLog | None = None, started: float | None = None,
+                 round_process: RoundProcess | None = None) -> None:
     """Every visit ``jobs`` still lack: the main rounds, then extra rounds for entries whose visits disagree
     (:func:`latency.stats.wants_retake`), until none does or ``max_visits`` is reached.
 
@@ -378,7 +456,7 @@ def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Pr
     calibration rests on them) and the time they still need is held back (the mean of the last whole-model visits
     times those left); an op visit or a retake that would eat into it is skipped. Then every entry with visits but
     no row gets its row from the visits it has, and an entry with none gets no row (``session["budget"]``:
-    how many of each)."""
+    how many of each). With ``round_process`` each round's visits run in a process of its own."""
     deadline = None if protocol.budget_s is None or started is None else started + protocol.budget_s
     e2e_main = protocol.for_kind("e2e").visits
     e2e_left = sum(j.kind == "e2e" and w < e2e_main and journal.wants(j, w) for w, j in rounds(jobs, protocol))
@@ -400,7 +478,8 @@ def measure_jobs(journal: Journal, graphs: Graphs, jobs: list[Job], protocol: Pr
                     continue
             bar.show(f"{'retest ' if job.retest else ''}{job.label} {job.ctx} (visit {w + 1})")
             t0 = time.perf_counter()
-            journal.add(job, w, measure_visit(graphs, job, protocol))
+            journal.add(job, w, round_process.visit(job, w, protocol) if round_process is not None
+                        else measure_visit(graphs, job, protocol))
             took = time.perf_counter() - t0
             seconds[job.kind] = seconds.get(job.kind, 0.0) + took
             if needed:
@@ -493,18 +572,27 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             later = derived_jobs(cfg, derived, jobs) if derived else []
             journal = Journal(folder, jobs + retest + later, cfg.protocol)
             graphs = Graphs(backend, cfg.seed, cfg.protocol.e2e_session)
+            if cfg.protocol.visit_processes not in VISIT_PROCESSES:
+                raise ProfileError(f"protocol.visit_processes {cfg.protocol.visit_processes!r} is none of "
+                                   f"{', '.join(VISIT_PROCESSES)}; the profile.json is corrupt or from a newer hwnas")
+            per_round = RoundProcess(cfg, folder / ".work") if cfg.protocol.visit_processes == "per_round" else None
             clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
             bar = Progress(0, enabled=progress)
-            with journal:
-                journal.finish_complete()
-                measure_jobs(journal, graphs, _shuffled(jobs + retest, cfg.seed) if retest else jobs, cfg.protocol,
-                             bar, session, clock_log, t_start)
-                if cfg.search_like and not derived:
-                    meta["derived_archs"] = derived = derive_archs(cfg, folder, meta)
-                    write_meta(folder, meta)
-                    later = derived_jobs(cfg, derived, jobs)
-                    journal.extend(later)
-                measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log, t_start)
+            try:
+                with journal:
+                    journal.finish_complete()
+                    measure_jobs(journal, graphs, _shuffled(jobs + retest, cfg.seed) if retest else jobs,
+                                 cfg.protocol, bar, session, clock_log, t_start, per_round)
+                    if cfg.search_like and not derived:
+                        meta["derived_archs"] = derived = derive_archs(cfg, folder, meta)
+                        write_meta(folder, meta)
+                        later = derived_jobs(cfg, derived, jobs)
+                        journal.extend(later)
+                    measure_jobs(journal, graphs, later, cfg.protocol, bar, session, clock_log, t_start, per_round)
+            finally:
+                if per_round is not None:
+                    per_round.close()
+                    session["round_processes"] = per_round.started
             ops, e2e = read_tables(folder)
             if retest:
                 rows = entry_keys(ops + e2e)

@@ -56,6 +56,10 @@ class Protocol:
     # a user's session at one shape does ("shared": one session per graph across every Context, the rule before
     # 2026-12-04: with onnxruntime AdaBERT at b1 s128 then read 2.3-3.0 % slower than in a session of its own, and
     # shrinking the session's arena did not help). torch modules hold no such state: the same either way
+    visit_processes: str = "one"  # "one": every visit in the profile's process; "per_round": each round of visits
+    # (and each round of retakes) in a fresh process of its own, so an entry's visits sample as many processes: eager
+    # torch draws a speed per process and convolution shape (benchmarks/process_states.py); a row is then the median
+    # over processes' draws, as a user's process is one more draw (latency.profiler.RoundProcess)
     allocator: str = "no_mmap"  # the C allocator while measuring (latency.allocator): "no_mmap" takes every block
     # from a heap that is never handed back, so a model's runs take no page faults once it has grown (eager torch
     # otherwise faulted or not by the process's history: 1.6x apart); "default": glibc's own settings

@@ -187,6 +187,10 @@ def _profile_args(p):
                    help="the C allocator while measuring: no_mmap (default: glibc malloc keeps every block in its "
                         "heap, so eager torch's runs take no fresh pages; deploy with the same setting) or default "
                         "(glibc's own, as a process that sets nothing runs); recorded in the protocol")
+    p.add_argument("--visit-processes", choices=("one", "per_round"), default=None,
+                   help="one (default): every visit in this process; per_round: each round of visits in a fresh "
+                        "process, so an entry's visits sample as many processes (eager torch draws a speed per "
+                        "process and shape); recorded in the protocol")
     p.add_argument("--close-partial", default=None, metavar="REASON",
                    help="close the interrupted profile OUT without measuring (its device is gone): retest and "
                         "roofline from what was measured, status partial with REASON; the same command without "

@@ -1,5 +1,6 @@
 """hwnas profile / measure: the plan, resume after a real SIGKILL, refusal of foreign folders, protocol fields,
 roofline, and the measure command's JSON."""
+import csv
 import json
 import os
 import signal
@@ -494,3 +495,29 @@ def test_whole_models_get_a_new_session_every_visit_ops_keep_theirs():
             assert graphs.backend.time(graphs.bound(e2e[1]), 2)[0] > 0
         with pytest.raises(HwnasError, match="e2e_session 'sometimes' is none of per_visit, shared"):
             Graphs(be, 0, "sometimes")
+
+
+def test_each_round_of_visits_in_a_process_of_its_own(tmp_path, tiny_profile):
+    """``visit_processes="per_round"``: the same entries as a one-process profile, each round (and retake round) in
+    a fresh process, recorded in the protocol and the session; a resumed run measures nothing again."""
+    cfg = tiny_config(backend="torch", protocol=replace(quick_protocol(Protocol()), visit_processes="per_round"))
+    out = tmp_path / "per_round"
+    result = run_profile(cfg, out)
+    meta = json.loads((out / "profile.json").read_text())
+    assert meta["status"] == "complete" and meta["protocol"]["visit_processes"] == "per_round"
+    ops = [k for k in keys(out) if not k[0].startswith("{")]
+    assert sorted(ops) == sorted(k for k in keys(tiny_profile[0]) if not k[0].startswith("{"))
+    assert {j.key for j in plan_jobs(cfg)} <= set(keys(out))  # searched architectures come on top, from its own table
+    with open(out / "visits.csv", newline="") as f:
+        visits = list(csv.DictReader(f))
+    rounds_used = {int(v["visit"]) for v in visits}
+    assert meta["sessions"][-1]["round_processes"] >= len(rounds_used) >= 2
+    assert result["visits_measured_now"] == len(visits)
+    again = run_profile(cfg, out)
+    assert again["visits_measured_now"] == 0
+
+
+def test_an_unknown_visit_processes_rule_is_one_line(tmp_path):
+    cfg = tiny_config(protocol=replace(quick_protocol(Protocol()), visit_processes="per_visit"))
+    with pytest.raises(ProfileError, match="visit_processes 'per_visit' is none of one, per_round"):
+        run_profile(cfg, tmp_path / "bad")
