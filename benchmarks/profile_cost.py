@@ -44,6 +44,8 @@ def run(args) -> dict:
         sys.exit(f"profile_cost: {out} is not empty; the benchmark times a full profile from scratch")
     cmd = [sys.executable, "-m", "nas.cli", "profile", "--backend", args.backend, "--threads", str(args.threads),
            "--space", "adabert,nasbert", "--out", str(out), "--json"]
+    if args.visit_processes:
+        cmd += ["--visit-processes", args.visit_processes]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall_s = time.perf_counter() - t0
@@ -101,6 +103,8 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="profile folder to create (default: a temporary one)")
+    ap.add_argument("--visit-processes", choices=("one", "per_round"), default=None,
+                    help="hwnas profile --visit-processes (default: the protocol's)")
     ap.add_argument("--results", default=str(OUT), help=f"JSON to write (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--reanalyse", action="store_true",
                     help="recompute the derived figures of the existing results file from its profile folder "
