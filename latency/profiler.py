@@ -545,6 +545,9 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
         A summary: the folder, rows, entries measured by this call, wall time, median CV, retest, roofline.
     """
     t_start = time.perf_counter()
+    if cfg.protocol.visit_processes not in VISIT_PROCESSES:
+        raise ProfileError(f"protocol.visit_processes {cfg.protocol.visit_processes!r} is none of "
+                           f"{', '.join(VISIT_PROCESSES)}; the profile.json is corrupt or from a newer hwnas")
     jobs = plan_jobs(cfg)
     with get_backend(cfg.backend, threads=cfg.threads, device=cfg.device) as backend:
         meta = new_meta(cfg, backend)
@@ -572,9 +575,6 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             later = derived_jobs(cfg, derived, jobs) if derived else []
             journal = Journal(folder, jobs + retest + later, cfg.protocol)
             graphs = Graphs(backend, cfg.seed, cfg.protocol.e2e_session)
-            if cfg.protocol.visit_processes not in VISIT_PROCESSES:
-                raise ProfileError(f"protocol.visit_processes {cfg.protocol.visit_processes!r} is none of "
-                                   f"{', '.join(VISIT_PROCESSES)}; the profile.json is corrupt or from a newer hwnas")
             per_round = RoundProcess(cfg, folder / ".work") if cfg.protocol.visit_processes == "per_round" else None
             clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
             bar = Progress(0, enabled=progress)

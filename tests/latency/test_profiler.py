@@ -521,3 +521,4 @@ def test_an_unknown_visit_processes_rule_is_one_line(tmp_path):
     cfg = tiny_config(protocol=replace(quick_protocol(Protocol()), visit_processes="per_visit"))
     with pytest.raises(ProfileError, match="visit_processes 'per_visit' is none of one, per_round"):
         run_profile(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
