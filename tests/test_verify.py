@@ -189,4 +189,3 @@ def test_the_printed_report_shows_each_pick_and_the_one_kept():
     assert lines[0].strip().startswith("pick timed here: 9.720 ms = 0.972 x the 10.000 ms budget (pick 2")
     assert "measured 10.584 ms = 1.058 x budget" in lines[1] and lines[2].endswith("<- kept") and len(lines) == 3
     assert verify_lines({"verify": None}) == [] and verify_lines({}) == []
-
