@@ -43,6 +43,12 @@ Target: every measured latency within +5% of its budget and no more than 10% bel
 ``drift_adjusted``: the same count with the machine's drift since the profile (the ``--agreement`` rows' median
 signed difference; with ``--recheck``, since the recheck) divided out.
 
+``--reference N``: N of the profile's own test rows (at the searched Contexts where it has them) are measured in the
+same shuffled rounds as the searched models, so the machine's speed while those ran is read from the same minutes
+(``drift_in_rounds``) rather than from calls before or after; ``drift_adjusted_in_rounds`` divides it out (with the
+speed the predictor carried). On the development VM, whose speed moved by 5-10 % within minutes
+(``benchmarks/README.md``), the ``--agreement`` calls after the rounds read a different machine state than the rounds.
+
 Run the searches on a spare core and the measurements on the measuring core, while nothing else measures there:
 ``OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/budget_fidelity.py [PROFILE] --measure-core 0``
 (the script refuses to measure while another process is pinned to that core).
@@ -132,6 +138,51 @@ def drift_adjusted(rows: list[dict], agreement: dict | None, speed: float = 1.0)
                    "predictor carried (a --recheck's, else 1)"}
 
 
+def reference_rows(prof, n: int, contexts, seed: int) -> list[tuple[float, object, Context]]:
+    """``n`` of the profile's test-split whole-model rows as (profile ms, architecture, Context), the searched
+    ``contexts`` first (spaces and Contexts taking turns), others only where those run out."""
+    from nas.arch import Architecture
+
+    if n <= 0 or prof.e2e is None or prof.e2e.empty:
+        return []
+    test = prof.e2e[prof.e2e["split"] == "test"]
+    test = (test if len(test) else prof.e2e).sample(frac=1.0, random_state=seed)
+    searched = {(c.batch, c.seq_len) for c in contexts}
+    on = test[[(int(b), int(s)) in searched for b, s in zip(test["batch"], test["seq_len"])]]
+    ordered = on.assign(_k=on.groupby(["space", "batch", "seq_len"]).cumcount()).sort_values("_k", kind="stable")
+    rest = test.drop(on.index)
+    out = []
+    for _, r in [*ordered.iterrows(), *rest.iterrows()][:n]:
+        out.append((float(r["latency_p50_ms"]), Architecture.from_json(r["arch_json"]),
+                    Context(int(r["batch"]), int(r["seq_len"]))))
+    return out
+
+
+def in_rounds_drift(rows: list[dict], pairs: list[tuple[float, float]], speed: float = 1.0) -> dict:
+    """The machine's speed during the rounds from the profile's rows measured in them (``pairs``: profile ms, now
+    ms), and the searched rows judged with it divided out (over the ``speed`` the predictor carried): within
+    [0.90, 1.05] x budget, and predicted vs measured within +-5 % / +-10 %.
+
+    >>> rows = [{"budget_ms": 10.0, "measured_latency_ms": 10.8, "predicted_latency_ms": 9.8}]
+    >>> d = in_rounds_drift(rows, [(1.0, 1.06), (2.0, 2.12), (3.0, 3.15)])
+    >>> d["drift_pct"], d["within_target"], d["predicted_within_5_pct"]
+    (6.0, 1, 1.0)
+    """
+    from latency.stats import retest_agreement
+
+    agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
+             if k != "within_2pct"}
+    f = (1 + agree["median_signed_diff_pct"] / 100) / speed
+    adj = [r["measured_latency_ms"] / f for r in rows]
+    rel = [abs(r["predicted_latency_ms"] / m - 1) for r, m in zip(rows, adj)]
+    return {**agree, "drift_pct": round(100 * (f - 1), 3), "speed_carried": speed,
+            "within_target": int(sum(0.9 * r["budget_ms"] <= m <= 1.05 * r["budget_ms"] for r, m in zip(rows, adj))),
+            "predicted_within_5_pct": sum(v <= 0.05 for v in rel) / len(rel),
+            "predicted_within_10_pct": sum(v <= 0.10 for v in rel) / len(rel),
+            "how": "the profile's rows measured in the same rounds (profile ms vs now ms); each searched row's "
+                   "measured latency over (1 + median_signed_diff_pct / 100) / speed_carried"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", nargs="?", default=None, help="profile folder (default: the shipped onnxruntime t1 profile of this CPU, by cpu_id; else the first)")
@@ -153,9 +204,15 @@ def main() -> int:
     ap.add_argument("--verify-both", action="store_true",
                     help="with --verify: measure the predictor's own picks too, in the same shuffled rounds as the "
                          "verified ones (``by_verify``), so that the machine's drift cannot tell them apart")
+    ap.add_argument("--reference", type=int, default=0, metavar="N",
+                    help="measure N of the profile's own test rows in the same shuffled rounds as the searched models "
+                         "(the machine's speed during the rounds: drift_in_rounds)")
     ap.add_argument("--contexts", default=None,
                     help="BxS,... Contexts to search and measure at (default: b1 s128, b8 s64, b1 s256, b8 s256)")
     args = ap.parse_args()
+    if args.reference < 0:
+        print(f"--reference must be 0 or more, got {args.reference}")
+        return 2
     contexts = CONTEXTS
     if args.contexts:
         try:
@@ -268,6 +325,10 @@ def main() -> int:
             arch = plan[i][5]
             entries[i] = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=cover["num_labels"])
             be.bind(entries[i], token_inputs(space, ctx))
+        refs = reference_rows(prof, args.reference, contexts, args.seed + 2)
+        for j, (_, arch, ctx) in enumerate(refs):  # measured like recheck's rows (measure_arch's default head)
+            entries[f"ref{j}"] = be.prepare_arch(arch, token_inputs(pred.space(arch.space), EXPORT_CTX))
+            be.bind(entries[f"ref{j}"], token_inputs(pred.space(arch.space), ctx))
         stats = measure_in_rounds(be, entries, protocol, seed=args.seed)  # the profile's rounds and retakes
         for r in entries.values():
             r.release()
@@ -295,6 +356,8 @@ def main() -> int:
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
     busy = pinned_to(args.measure_core) if args.measure_core is not None else []
     ok = sum(r["within_target"] for r in rows)
+    in_rounds = in_rounds_drift(rows, [(p, stats[f"ref{j}"]["latency_p50_ms"]) for j, (p, *_r) in enumerate(refs)],
+                                rechecked["factor"] if rechecked else 1.0) if refs else None
     result = {"profile": prof.name, "profile_created": prof.meta.get("created"), "profile_path": str(prof.path),
               "backend": backend, "predictor": pred.kind, "recheck_before_search": rechecked,
               "target": "0.90 * budget <= measured <= 1.05 * budget", "within_target": ok, "total": len(rows),
@@ -312,6 +375,7 @@ def main() -> int:
                                                [r["measure_call_ms"] for r in rows]),
               "profile_rows_vs_measure_call": agreement,
               "drift_adjusted": drift_adjusted(rows, agreement, rechecked["factor"] if rechecked else 1.0),
+              "drift_in_rounds": in_rounds,
               "measurement": f"the profile's protocol for whole models: {visits} visits in shuffled rounds over all "
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
@@ -327,6 +391,11 @@ def main() -> int:
               "rounds_s": round(rounds_s, 1), "measuring_core_shared_at_end": busy, "rows": rows}
     atomic_write_text(Path(args.out), json.dumps(result, indent=1) + "\n")
     print(f"{ok}/{len(rows)} within target, {result['met']}/{len(rows)} at or under budget; wrote {args.out}")
+    if in_rounds:
+        print(f"the profile's {in_rounds['n']} reference rows in the same rounds: "
+              f"{in_rounds['median_signed_diff_pct']:+.2f} % (drift over the speed carried {in_rounds['drift_pct']:+.2f} %); "
+              f"with it divided out {in_rounds['within_target']}/{len(rows)} within target, predicted vs measured "
+              f"within +-5 % {in_rounds['predicted_within_5_pct']:.0%}")
     if result["by_verify"]:
         print("by pick: " + "; ".join(f"{k} {v['within_target']}/{v['total']} within target, {v['met']} at or under"
                                       for k, v in result["by_verify"].items()))
