@@ -169,7 +169,8 @@ def search_found(prof: ProfileData) -> dict | None:
     """Each kind on the architectures a budgeted search returned (``results/budget_fidelity*.json`` of this
     profile): homogeneous, extreme ones, measured whole 3 times; the case a search meets. A run whose predictor
     carried a ``--recheck`` speed factor is judged with that factor on each kind's predictions, as its searches
-    saw them."""
+    saw them; a run with ``--reference`` rows (the profile's own, measured in the same rounds) with the speed those
+    read instead, the machine's during the measurements."""
     rows = search_rows(prof)
     if not rows:
         return None
@@ -183,7 +184,8 @@ def search_found(prof: ProfileData) -> dict | None:
 
 def search_rows(prof: ProfileData) -> list[dict]:
     """The measured rows of the budgeted searches on ``prof`` (``results/budget_fidelity*.json``, not superseded),
-    each with the speed factor its searches' predictor carried (``speed``). A result that records the profile's
+    each with the speed factor its searches' predictor carried (``speed``; with ``drift_in_rounds``, the speed the
+    profile's reference rows read in the same rounds). A result that records the profile's
     ``created`` time (``profile_created``, since 2026-12-06) counts only for that measurement of the profile: a
     profile of the same name measured elsewhere (e.g. a judge profile under ``runs/``) is another one."""
     rows = []
@@ -194,6 +196,8 @@ def search_rows(prof: ProfileData) -> list[dict]:
             continue
         if r.get("profile") == prof.name and not r.get("superseded_by"):  # not a run on an earlier measurement
             speed = (r.get("recheck_before_search") or {}).get("factor", 1.0)
+            if r.get("drift_in_rounds"):  # the profile's rows measured in the same rounds: the speed they ran at
+                speed = 1 + r["drift_in_rounds"]["median_signed_diff_pct"] / 100
             rows += [{**row, "speed": speed} for row in r["rows"]]
     return rows
 
