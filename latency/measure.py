@@ -282,8 +282,9 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     this machine runs today against the day it was profiled.
 
     Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor,
-    rows_faulting, rows}`` with ``factor = 1 + median_signed_diff_pct / 100`` (what the profile's latencies are to be
-    multiplied by), ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on
+    factor_se_pct, unsteady, rows_faulting, rows}`` with ``factor = 1 + median_signed_diff_pct / 100`` (what the
+    profile's latencies are to be multiplied by), ``factor_se_pct`` its standard error (:func:`factor_se`, in %),
+    ``unsteady`` whether that is above :data:`UNSTEADY_SE` (the machine's speed moved while it measured), ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on
     the allocator's state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
     the Zen 5 VM read 5-7 % slower than its profile two to three hours later, in states that flip within minutes); a
     search aims at a budget, so a predictor can carry this factor (:meth:`latency.predictor.Predictor.set_speed`,
@@ -310,7 +311,26 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
         faulting += fault_warning(m) is not None
     agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
              if k != "within_2pct"}
-    return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "rows_faulting": faulting, "rows": pairs}
+    se = factor_se([b / a for a, b in pairs])
+    return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "factor_se_pct": round(100 * se, 3),
+            "unsteady": se > UNSTEADY_SE, "rows_faulting": faulting, "rows": pairs}
+
+
+UNSTEADY_SE = 0.015  # a recheck whose factor's standard error is above this (a fraction) read a machine whose speed
+# moved while it measured: on the Zen 5 VM, 16 rows spread p90 3.4 % around the profile in a steady quarter hour and
+# 19.6 % in one that slowed by 5-9 % within ten minutes (benchmarks/README.md, 2026-12-06)
+
+
+def factor_se(ratios: list[float]) -> float:
+    """The relative standard error of a recheck's factor, the median of the rows' now / profile ratios (robust: from
+    their MAD); ``inf`` with fewer than 2 rows.
+
+    >>> round(factor_se([1.00, 1.01, 0.99, 1.02, 0.98, 1.00]), 4), round(factor_se([1.00, 1.12, 0.95, 1.20, 1.04]), 3)
+    (0.0076, 0.064)
+    """
+    from latency.stats import rse_median
+
+    return rse_median(ratios)
 
 
 def check_context(space, ctx: Context) -> None:

@@ -122,6 +122,7 @@ class Predictor(abc.ABC):
         """Carry a :func:`latency.measure.recheck` result (its ``factor``) from now on."""
         self.meta["speed"] = {"factor": round(float(check["factor"]), 5), "checked": when, "rows": check["n"],
                               "median_abs_diff_pct": check.get("median_abs_diff_pct"),
+                              "factor_se_pct": check.get("factor_se_pct"),
                               "how": "median of now / profile over the profile's test rows re-measured by one "
                                      "`hwnas measure` call each (`hwnas recheck --apply`)"}
 

@@ -81,7 +81,7 @@ def recheck_cli(args) -> int:
     with ``--apply``, write the speed factor into ``PROFILE/predictor.json``."""
     import datetime as dt
 
-    from latency.measure import FAULT_WARN_PER_RUN, FAULT_WARN_SHARE, recheck, speed_in_bounds
+    from latency.measure import FAULT_WARN_PER_RUN, FAULT_WARN_SHARE, UNSTEADY_SE, recheck, speed_in_bounds
     from latency.predictor import load_predictor
 
     prof = read_profile(args.profile)
@@ -98,9 +98,14 @@ def recheck_cli(args) -> int:
         pred.save(prof.path / "predictor.json")
         summary["applied"] = True
     lines = [f"{prof.name}: {r['n']} whole-model rows re-measured: {drift:+.2f} % against the profile (median; "
-             f"|diff| median {r['median_abs_diff_pct']:.2f} %, p90 {r['p90_abs_diff_pct']:.2f} %)",
+             f"|diff| median {r['median_abs_diff_pct']:.2f} %, p90 {r['p90_abs_diff_pct']:.2f} %; the factor's "
+             f"standard error {r['factor_se_pct']:.1f} %)",
              f"wrote speed factor {r['factor']:.4f} into {prof.path / 'predictor.json'}" if args.apply else
              f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
+    if r["unsteady"]:
+        lines.append(f"warning: the rows disagree on this machine's speed (the factor's standard error "
+                     f"{r['factor_se_pct']:.1f} %, over {100 * UNSTEADY_SE:.1f} %): its speed moved while they ran; "
+                     f"recheck again in a few minutes before trusting the factor")
     if r["rows_faulting"]:
         lines.append(f"warning: {r['rows_faulting']} of the {r['n']} rows took at least {FAULT_WARN_PER_RUN} page faults "
                      f"per run in this process, {100 * FAULT_WARN_SHARE:.0f} % of their time or more: their time depends "

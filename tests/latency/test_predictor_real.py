@@ -101,6 +101,7 @@ def test_recheck_measures_the_profiles_rows_and_applies_a_speed_factor(real_tiny
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 3 and out["applied"] is False and out["factor"] == pytest.approx(
         1 + out["median_signed_diff_pct"] / 100)
+    assert out["unsteady"] == (out["factor_se_pct"] > 1.5)
     assert load_predictor(prof_dir).speed == 1.0  # without --apply nothing is written
     assert main(["recheck", str(prof_dir), "--rows", "3", "--apply", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -124,16 +125,43 @@ def test_recheck_warns_when_rows_page_fault(real_tiny_profile, tmp_path, capsys,
     assert main(["fit", str(prof_dir)]) == 0
     monkeypatch.setattr(lm, "recheck", lambda prof, n, seed: {
         "n": 4, "median_signed_diff_pct": 3.0, "median_abs_diff_pct": 3.0, "p90_abs_diff_pct": 5.0,
-        "max_abs_diff_pct": 6.0, "factor": 1.03, "rows_faulting": 2, "rows": [(1.0, 1.03)] * 4})
+        "max_abs_diff_pct": 6.0, "factor": 1.03, "factor_se_pct": 0.0, "unsteady": False, "rows_faulting": 2,
+        "rows": [(1.0, 1.03)] * 4})
     capsys.readouterr()
     assert main(["recheck", str(prof_dir), "--rows", "4"]) == 0
     out = capsys.readouterr().out
     assert "warning: 2 of the 4 rows took at least 256 page faults per run" in out
     monkeypatch.setattr(lm, "recheck", lambda prof, n, seed: {
         "n": 4, "median_signed_diff_pct": 3.0, "median_abs_diff_pct": 3.0, "p90_abs_diff_pct": 5.0,
-        "max_abs_diff_pct": 6.0, "factor": 1.03, "rows_faulting": 0, "rows": [(1.0, 1.03)] * 4})
+        "max_abs_diff_pct": 6.0, "factor": 1.03, "factor_se_pct": 0.0, "unsteady": False, "rows_faulting": 0,
+        "rows": [(1.0, 1.03)] * 4})
     assert main(["recheck", str(prof_dir), "--rows", "4"]) == 0
-    assert "page faults" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "page faults" not in out and "warning" not in out
+
+
+def test_recheck_warns_when_the_rows_disagree_on_the_speed(real_tiny_profile, tmp_path, capsys, monkeypatch):
+    """Rows that read the machine at very different speeds (it moved while they ran) make the factor uncertain:
+    the line says so, with the factor's standard error."""
+    import shutil
+
+    import latency.measure as lm
+
+    prof_dir = tmp_path / "p"
+    shutil.copytree(real_tiny_profile, prof_dir)
+    assert main(["fit", str(prof_dir)]) == 0
+    rows = [(1.0, v) for v in (1.00, 1.12, 0.95, 1.20, 1.04)]
+    se = lm.factor_se([b / a for a, b in rows])
+    assert se > lm.UNSTEADY_SE
+    monkeypatch.setattr(lm, "recheck", lambda prof, n, seed: {
+        "n": 5, "median_signed_diff_pct": 4.0, "median_abs_diff_pct": 4.0, "p90_abs_diff_pct": 20.0,
+        "max_abs_diff_pct": 20.0, "factor": 1.04, "factor_se_pct": 100 * se, "unsteady": True, "rows_faulting": 0,
+        "rows": rows})
+    capsys.readouterr()
+    assert main(["recheck", str(prof_dir), "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    assert f"the factor's standard error {100 * se:.1f} %" in out
+    assert "warning: the rows disagree on this machine's speed" in out and "recheck again" in out
 
 
 def test_recheck_bad_input_is_one_line(real_tiny_profile, tmp_path, capsys):
