@@ -45,8 +45,8 @@ signed difference; with ``--recheck``, since the recheck) divided out.
 
 ``--reference N``: N of the profile's own test rows (at the searched Contexts where it has them) are measured in the
 same shuffled rounds as the searched models, so the machine's speed while those ran is read from the same minutes
-(``drift_in_rounds``) rather than from calls before or after; ``drift_adjusted_in_rounds`` divides it out (with the
-speed the predictor carried). On the development VM, whose speed moved by 5-10 % within minutes
+(``drift_in_rounds``: their median against the profile, and the searched rows' count and predicted vs measured
+with it divided out, over the speed the predictor carried) rather than from calls before or after. On the development VM, whose speed moved by 5-10 % within minutes
 (``benchmarks/README.md``), the ``--agreement`` calls after the rounds read a different machine state than the rounds.
 
 Run the searches on a spare core and the measurements on the measuring core, while nothing else measures there:

@@ -284,8 +284,9 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     Returns ``{n, median_signed_diff_pct, median_abs_diff_pct, p90_abs_diff_pct, max_abs_diff_pct, factor,
     factor_se_pct, unsteady, rows_faulting, rows}`` with ``factor = 1 + median_signed_diff_pct / 100`` (what the
     profile's latencies are to be multiplied by), ``factor_se_pct`` its standard error (:func:`factor_se`, in %),
-    ``unsteady`` whether that is above :data:`UNSTEADY_SE` (the machine's speed moved while it measured), ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on
-    the allocator's state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
+    ``unsteady`` whether that is above :data:`UNSTEADY_SE` (the rows disagree on the machine's speed),
+    ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on the allocator's
+    state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
     the Zen 5 VM read 5-7 % slower than its profile two to three hours later, in states that flip within minutes); a
     search aims at a budget, so a predictor can carry this factor (:meth:`latency.predictor.Predictor.set_speed`,
     ``hwnas recheck --apply``).
@@ -316,9 +317,10 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
             "unsteady": se > UNSTEADY_SE, "rows_faulting": faulting, "rows": pairs}
 
 
-UNSTEADY_SE = 0.015  # a recheck whose factor's standard error is above this (a fraction) read a machine whose speed
-# moved while it measured: on the Zen 5 VM, 16 rows spread p90 3.4 % around the profile in a steady quarter hour and
-# 19.6 % in one that slowed by 5-9 % within ten minutes (benchmarks/README.md, 2026-12-06)
+UNSTEADY_SE = 0.015  # a recheck whose factor's standard error is above this (a fraction) read a machine whose
+# speed moved while it measured, or not alike for every model (a 95 % interval of +-3 %, more than half the 5 % a
+# budget allows over it); two rechecks a minute apart on the Zen 5 VM, both about 13 % slow (2026-12-06 12:26 UTC):
+# torch's 16 rows 1.0 % (a uniformly slower machine, which the factor follows), onnxruntime's 1.8 % (README)
 
 
 def factor_se(ratios: list[float]) -> float:

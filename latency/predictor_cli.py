@@ -104,8 +104,8 @@ def recheck_cli(args) -> int:
              f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
     if r["unsteady"]:
         lines.append(f"warning: the rows disagree on this machine's speed (the factor's standard error "
-                     f"{r['factor_se_pct']:.1f} %, over {100 * UNSTEADY_SE:.1f} %): its speed moved while they ran; "
-                     f"recheck again in a few minutes before trusting the factor")
+                     f"{r['factor_se_pct']:.1f} %, over {100 * UNSTEADY_SE:.1f} %): it moved while they ran, or not alike "
+                     f"for every model; recheck in a few minutes before trusting the factor")
     if r["rows_faulting"]:
         lines.append(f"warning: {r['rows_faulting']} of the {r['n']} rows took at least {FAULT_WARN_PER_RUN} page faults "
                      f"per run in this process, {100 * FAULT_WARN_SHARE:.0f} % of their time or more: their time depends "
