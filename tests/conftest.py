@@ -27,3 +27,19 @@ def demo_teacher(tmp_path_factory, demo_small):
 
     return train_teacher(demo_small, tmp_path_factory.mktemp("teacher") / "demo", epochs=1, max_len=32, layers=1,
                          batch_size=16)
+
+
+@pytest.fixture
+def benchmark_module():
+    """A loader of a ``benchmarks/`` script as a module (they are scripts, not a package): ``benchmark_module(name)``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

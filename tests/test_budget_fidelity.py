@@ -1,6 +1,5 @@
 """benchmarks/budget_fidelity.py: the reference rows measured in the searched models' rounds and the drift read
 from them (no timing here)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,8 @@ SCRIPT = ROOT / "benchmarks" / "budget_fidelity.py"
 PROFILE = ROOT / "profiles" / "amd-epyc-f26m2-2c_ort-1.31_t1"
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("budget_fidelity", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first():
-    bf = load()
+def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first(benchmark_module):
+    bf = benchmark_module("budget_fidelity")
     prof = read_profile(PROFILE)
     searched = (Context(1, 128), Context(8, 256))
     refs = bf.reference_rows(prof, 8, searched, seed=0)
@@ -41,8 +33,8 @@ def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first(
     assert len(many) == len(test) and {c for _, _, c in many} > set(searched)
 
 
-def test_in_rounds_drift_divides_the_speed_out_over_what_the_predictor_carried():
-    bf = load()
+def test_in_rounds_drift_divides_the_speed_out_over_what_the_predictor_carried(benchmark_module):
+    bf = benchmark_module("budget_fidelity")
     rows = [{"budget_ms": 10.0, "measured_latency_ms": 10.8, "predicted_latency_ms": 10.2},
             {"budget_ms": 20.0, "measured_latency_ms": 20.5, "predicted_latency_ms": 19.5}]
     pairs = [(1.0, 1.08), (2.0, 2.16), (4.0, 4.32)]  # the machine 8 % slower than on the profile's day

@@ -1,5 +1,4 @@
 """benchmarks/process_states.py: the per-entry summary over processes and its bad-input lines (no timing here)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -9,15 +8,8 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "process_states.py"
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("process_states", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_summary_flags_the_slow_process_and_compares_its_two_objects():
-    ps = load()
+def test_summary_flags_the_slow_process_and_compares_its_two_objects(benchmark_module):
+    ps = benchmark_module("process_states")
     fast = [{"op@32x128#a": 1.00 + i / 1000, "op@32x128#b": 1.01 + i / 1000} for i in range(9)]
     slow = {"op@32x128#a": 1.80, "op@32x128#b": 1.82}  # one process in a slow state, both objects alike
     (row,) = ps.summarise(fast + [slow])
