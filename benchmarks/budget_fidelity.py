@@ -32,9 +32,9 @@ models measured at or under their budget, with or without it. ``--aim both`` sea
 measures all the models in the same shuffled rounds, so that the machine's drift cannot tell the two apart
 (``by_aim``).
 
-``--verify N``: between the searches and the rounds, each search's pick is timed by one ``hwnas measure`` call and,
-where it lands outside [0.935, 1.00] x budget, searched again with the budget divided by that pick's measured /
-predicted (at most N measurements; :func:`nas.verify.land`, what ``hwnas search adabert --verify`` does before
+``--verify N``: between the searches and the rounds, each search's pick is timed (beside ``--verify-references`` of
+the profile's models, whose speed is divided out: :func:`nas.verify.profile_measurer`) and, where it lands outside
+[0.935, 1.00] x budget, searched again with the budget divided by that pick's measured / predicted (at most N measurements; :func:`nas.verify.land`, what ``hwnas search adabert --verify`` does before
 training); the rounds then measure the picks kept (``verify`` per row and in the summary). ``--verify-both``: the
 predictor's own picks are measured too, in the same rounds (``by_verify``; ``pick`` per row: predictor, verified, or
 both where the loop kept the predictor's pick).
@@ -71,6 +71,7 @@ from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
 from latency.profile_data import read_profile  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
 from nas.spaces import Context  # noqa: E402
+from nas.verify import REFERENCES  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "budget_fidelity.json"
 CONTEXTS = (Context(1, 128), Context(8, 64), Context(1, 256), Context(8, 256))
@@ -138,26 +139,6 @@ def drift_adjusted(rows: list[dict], agreement: dict | None, speed: float = 1.0)
                    "predictor carried (a --recheck's, else 1)"}
 
 
-def reference_rows(prof, n: int, contexts, seed: int) -> list[tuple[float, object, Context]]:
-    """``n`` of the profile's test-split whole-model rows as (profile ms, architecture, Context), the searched
-    ``contexts`` first (spaces and Contexts taking turns), others only where those run out."""
-    from nas.arch import Architecture
-
-    if n <= 0 or prof.e2e is None or prof.e2e.empty:
-        return []
-    test = prof.e2e[prof.e2e["split"] == "test"]
-    test = (test if len(test) else prof.e2e).sample(frac=1.0, random_state=seed)
-    searched = {(c.batch, c.seq_len) for c in contexts}
-    on = test[[(int(b), int(s)) in searched for b, s in zip(test["batch"], test["seq_len"])]]
-    ordered = on.assign(_k=on.groupby(["space", "batch", "seq_len"]).cumcount()).sort_values("_k", kind="stable")
-    rest = test.drop(on.index)
-    out = []
-    for _, r in [*ordered.iterrows(), *rest.iterrows()][:n]:
-        out.append((float(r["latency_p50_ms"]), Architecture.from_json(r["arch_json"]),
-                    Context(int(r["batch"]), int(r["seq_len"]))))
-    return out
-
-
 def in_rounds_drift(rows: list[dict], pairs: list[tuple[float, float]], speed: float = 1.0) -> dict:
     """The machine's speed during the rounds from the profile's rows measured in them (``pairs``: profile ms, now
     ms), and the searched rows judged with it divided out (over the ``speed`` the predictor carried): within
@@ -204,6 +185,9 @@ def main() -> int:
     ap.add_argument("--verify-both", action="store_true",
                     help="with --verify: measure the predictor's own picks too, in the same shuffled rounds as the "
                          "verified ones (``by_verify``), so that the machine's drift cannot tell them apart")
+    ap.add_argument("--verify-references", type=int, default=REFERENCES, metavar="K",
+                    help="with --verify: the profile's whole models timed beside each pick, whose speed is divided out "
+                         "(default: nas.verify.REFERENCES; 0: the pick's time as measured, the loop before 2026-12-06)")
     ap.add_argument("--reference", type=int, default=0, metavar="N",
                     help="measure N of the profile's own test rows in the same shuffled rounds as the searched models "
                          "(the machine's speed during the rounds: drift_in_rounds)")
@@ -212,6 +196,9 @@ def main() -> int:
     args = ap.parse_args()
     if args.reference < 0:
         print(f"--reference must be 0 or more, got {args.reference}")
+        return 2
+    if args.verify_references < 0:
+        print(f"--verify-references must be 0 or more, got {args.verify_references}")
         return 2
     contexts = CONTEXTS
     if args.contexts:
@@ -278,7 +265,7 @@ def main() -> int:
         os.sched_setaffinity(0, {args.measure_core})
     from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
-    from latency.measure import EXPORT_CTX, measure_in_rounds, token_inputs
+    from latency.measure import EXPORT_CTX, measure_in_rounds, reference_rows, token_inputs
     from latency.stats import Protocol
 
     protocol = Protocol.from_dict(prof.meta["protocol"])
@@ -291,7 +278,7 @@ def main() -> int:
         for i, (cover, space, ctx, frac, budget, arch, predicted, rounds, search_s, aimed) in enumerate(list(plan)):
             key = (ctx, cover["num_labels"])
             if key not in measurers:
-                measurers[key] = profile_measurer(prof, *key)
+                measurers[key] = profile_measurer(prof, *key, references=args.verify_references, speed=pred.speed)
             measure, why = measurers[key]
             if measure is None:
                 print(f"--verify: {why}")
@@ -325,7 +312,7 @@ def main() -> int:
             arch = plan[i][5]
             entries[i] = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=cover["num_labels"])
             be.bind(entries[i], token_inputs(space, ctx))
-        refs = reference_rows(prof, args.reference, contexts, args.seed + 2)
+        refs = reference_rows(prof, args.reference, contexts, args.seed + 2)  # at the searched Contexts first
         for j, (_, arch, ctx) in enumerate(refs):  # measured like recheck's rows (measure_arch's default head)
             entries[f"ref{j}"] = be.prepare_arch(arch, token_inputs(pred.space(arch.space), EXPORT_CTX))
             be.bind(entries[f"ref{j}"], token_inputs(pred.space(arch.space), ctx))
@@ -380,7 +367,7 @@ def main() -> int:
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
                              "of the visits' p50; measure_call_ms: one `hwnas measure` call (measure_arch) each",
-              "verify": {"tries": args.verify, "landed": sum(bool(v["landed"]) for v in landings.values()),
+              "verify": {"tries": args.verify, "references": args.verify_references, "landed": sum(bool(v["landed"]) for v in landings.values()),
                          "picks_measured": sum(len(v["tries"]) for v in landings.values()),
                          "seconds": round(sum(v["seconds"] for v in landings.values()), 1)} if args.verify else None,
               "by_verify": {k: {"within_target": sum(r["within_target"] for r in rows if r["pick"] in v),

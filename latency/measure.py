@@ -335,6 +335,51 @@ def factor_se(ratios: list[float]) -> float:
     return rse_median(ratios)
 
 
+def reference_rows(prof, n: int, contexts=(), seed: int = 0, space: str | None = None) -> list[tuple]:
+    """``n`` of the profile's ``test``-split whole-model rows (all its rows where it has no test split) as
+    ``(profile ms, architecture, Context)``: at ``contexts`` first (spaces and Contexts taking turns), the others
+    only where those run out; only ``space``'s rows when given. Measured beside a model in the same shuffled rounds
+    (:func:`measure_with_references`), they read the machine's speed in those very minutes against the profile's."""
+    from nas.arch import Architecture
+
+    if n <= 0 or prof.e2e is None or prof.e2e.empty:
+        return []
+    rows = prof.e2e if space is None else prof.e2e[prof.e2e["space"] == space]
+    test = rows[rows["split"] == "test"]
+    test = (test if len(test) else rows).sample(frac=1.0, random_state=seed)
+    wanted = {(c.batch, c.seq_len) for c in contexts}
+    on = test[[(int(b), int(q)) in wanted for b, q in zip(test["batch"], test["seq_len"])]]
+    ordered = on.assign(_k=on.groupby(["space", "batch", "seq_len"]).cumcount()).sort_values("_k", kind="stable")
+    rest = test.drop(on.index)
+    return [(float(r["latency_p50_ms"]), Architecture.from_json(r["arch_json"]), Context(int(r["batch"]), int(r["seq_len"])))
+            for _, r in [*ordered.iterrows(), *rest.iterrows()][:n]]
+
+
+def measure_with_references(arch, ctx: Context, refs: list[tuple], backend: str = "onnxruntime", device: str = "cpu",
+                            threads: int = 1, protocol: Protocol | None = None, num_labels: int = 2,
+                            seed: int = 0) -> dict:
+    """Time ``arch`` at ``ctx`` in the same shuffled rounds as the profile's ``refs`` (:func:`reference_rows`), the
+    profiler's way (:func:`measure_in_rounds`). Returns ``latency_p50_ms`` (the architecture's), ``speed`` (the
+    median over the references of now / profile: how fast the machine ran in those minutes against the profile, 1.08
+    = 8 % slower) and ``references`` (their count)."""
+    protocol = protocol or Protocol()
+    check_context(arch.get_space(), ctx)
+    apply_allocator(protocol.allocator)
+    with get_backend(backend, threads=threads, device=device) as be:
+        entries = {}
+        for name, a, c, labels in [("arch", arch, ctx, num_labels),
+                                   *((f"ref{j}", a, c, 2) for j, (_, a, c) in enumerate(refs))]:
+            sp = a.get_space()
+            entries[name] = be.prepare_arch(a, token_inputs(sp, EXPORT_CTX), num_labels=labels)
+            be.bind(entries[name], token_inputs(sp, c))
+        stats = measure_in_rounds(be, entries, protocol, seed=seed)
+        for r in entries.values():
+            r.release()
+    ratios = [stats[f"ref{j}"]["latency_p50_ms"] / ms for j, (ms, *_r) in enumerate(refs)]
+    return {"latency_p50_ms": float(stats["arch"]["latency_p50_ms"]),
+            "speed": float(statistics.median(ratios)) if ratios else 1.0, "references": len(ratios)}
+
+
 def check_context(space, ctx: Context) -> None:
     """Refuse a Context the space's position table cannot hold, or a non-positive one."""
     from nas.errors import HwnasError

@@ -203,6 +203,11 @@ def aim_lines(r: dict) -> list[str]:
     return lines
 
 
+def _raw(t: dict) -> str:
+    """A verified pick's raw time and the machine's speed, where references were timed beside it."""
+    return f" (raw {t['raw_ms']:.3f} ms, machine x {t['machine_speed']:.3f})" if "machine_speed" in t else ""
+
+
 def verify_lines(r: dict) -> list[str]:
     """What timing the pick before training did (:mod:`nas.verify`); nothing where it did not run."""
     v = r.get("verify")
@@ -211,7 +216,8 @@ def verify_lines(r: dict) -> list[str]:
     lines = [f"  {v.get('note', '')}"]
     for i, t in enumerate(v.get("tries") or [], 1):
         lines.append(f"    pick {i}: predicted {t['predicted_ms']:.3f} ms (x {t['scale']:.3f}), measured "
-                     f"{t['measured_ms']:.3f} ms = {t['share']:.3f} x budget{'  <- kept' if t['kept'] else ''}")
+                     f"{t['measured_ms']:.3f} ms = {t['share']:.3f} x budget"
+                     f"{_raw(t)}{'  <- kept' if t['kept'] else ''}")
     return lines
 
 

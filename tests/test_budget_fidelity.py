@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from latency.measure import reference_rows
 from latency.profile_data import read_profile
 from nas.arch import Architecture
 from nas.spaces import Context
@@ -15,11 +16,10 @@ SCRIPT = ROOT / "benchmarks" / "budget_fidelity.py"
 PROFILE = ROOT / "profiles" / "amd-epyc-f26m2-2c_ort-1.31_t1"
 
 
-def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first(benchmark_module):
-    bf = benchmark_module("budget_fidelity")
+def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first():
     prof = read_profile(PROFILE)
     searched = (Context(1, 128), Context(8, 256))
-    refs = bf.reference_rows(prof, 8, searched, seed=0)
+    refs = reference_rows(prof, 8, searched, seed=0)
     assert len(refs) == 8
     assert {ctx for _, _, ctx in refs} == set(searched)  # enough test rows there: none from elsewhere
     assert {arch.space for _, arch, _ in refs} == {"adabert", "nasbert"}  # spaces and Contexts take turns
@@ -28,9 +28,11 @@ def test_reference_rows_come_from_the_test_split_at_the_searched_contexts_first(
         row = test[(test["batch"] == ctx.batch) & (test["seq_len"] == ctx.seq_len) &
                    (test["latency_p50_ms"] == ms)]
         assert len(row) == 1 and Architecture.from_json(row["arch_json"].iloc[0]).key == arch.key
-    assert bf.reference_rows(prof, 0, searched, seed=0) == []
-    many = bf.reference_rows(prof, 10_000, searched, seed=0)  # more than the searched Contexts hold: the rest follow
+    assert reference_rows(prof, 0, searched, seed=0) == []
+    many = reference_rows(prof, 10_000, searched, seed=0)  # more than the searched Contexts hold: the rest follow
     assert len(many) == len(test) and {c for _, _, c in many} > set(searched)
+    only = reference_rows(prof, 6, searched, seed=0, space="nasbert")  # one space's rows only
+    assert len(only) == 6 and {a.space for _, a, _ in only} == {"nasbert"}
 
 
 def test_in_rounds_drift_divides_the_speed_out_over_what_the_predictor_carried(benchmark_module):

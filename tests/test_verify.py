@@ -87,12 +87,17 @@ def test_the_measurer_times_a_pick_on_the_profiles_device():
     from nas.arch import Architecture
     from nas.spaces import Context
 
-    measure, why = profile_measurer(_profile_here(lambda m: None), Context(1, 32))
-    assert why is None
+    prof = _profile_here(lambda m: None)
     edges = ("n0.in0", "n0.in1", "n1.in0", "n1.in1", "n1.n0", "n2.in0", "n2.in1", "n2.n0", "n2.n1")
-    ms = measure(Architecture.from_dict({"space": "adabert", "version": 1, "preset": "small",
-                                         "choices": {"cells": 1, **dict.fromkeys(edges, "identity")}}))
-    assert ms > 0
+    arch = Architecture.from_dict({"space": "adabert", "version": 1, "preset": "small",
+                                   "choices": {"cells": 1, **dict.fromkeys(edges, "identity")}})
+    measure, why = profile_measurer(prof, Context(1, 32), references=0)  # the time as measured
+    assert why is None
+    assert measure(arch) > 0
+    measure, why = profile_measurer(prof, Context(1, 32), references=2, speed=1.05)  # beside two profile models
+    ms, details = measure(arch)
+    assert details["references"] == 2 and details["raw_ms"] > 0 and details["machine_speed"] > 0
+    assert ms == pytest.approx(details["raw_ms"] / details["machine_speed"] * 1.05, rel=1e-4)  # at the carried speed
 
 
 def test_the_measurer_declines_another_device():
@@ -189,3 +194,22 @@ def test_the_printed_report_shows_each_pick_and_the_one_kept():
     assert lines[0].strip().startswith("pick timed here: 9.720 ms = 0.972 x the 10.000 ms budget (pick 2")
     assert "measured 10.584 ms = 1.058 x budget" in lines[1] and lines[2].endswith("<- kept") and len(lines) == 3
     assert verify_lines({"verify": None}) == [] and verify_lines({}) == []
+
+
+def test_a_pick_timed_beside_references_is_judged_at_the_predictors_speed_and_the_report_says_so():
+    """The machine runs 8 % slow in these minutes and the predictor reads the pick right: the references say so, and
+    the first pick is kept (the loop before them re-picked it smaller, chasing the drift)."""
+    from nas.engine_cli import verify_lines
+
+    def measure(arch):  # what profile_measurer returns with references: (ms at the predictor's speed, details)
+        raw = float(arch[4:]) * 1.08
+        return raw / 1.08, {"raw_ms": raw, "machine_speed": 1.08, "references": 6}
+
+    calls: list[float] = []
+    got = land(budget_pick(calls), measure, BUDGET)
+    assert got.landed and got.arch == "arch9.8" and calls == [1.0] and got.tries[0]["raw_ms"] == pytest.approx(10.584)
+    note = got.note(BUDGET)
+    assert note.startswith("pick timed here: 9.800 ms = 0.980 x the 10.000 ms budget at the predictor's speed")
+    assert "raw 10.584 ms; the machine ran 1.080 x its profile, by 6 of the profile's models" in note
+    lines = verify_lines({"verify": got.to_dict(BUDGET)})
+    assert "(raw 10.584 ms, machine x 1.080)  <- kept" in lines[1]
