@@ -286,10 +286,10 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     profile's latencies are to be multiplied by), ``factor_se_pct`` its standard error (:func:`factor_se`, in %),
     ``unsteady`` whether that is above :data:`UNSTEADY_SE` (the rows disagree on the machine's speed),
     ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on the allocator's
-    state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by several percent (``benchmarks/README.md``:
-    the Zen 5 VM read 5-7 % slower than its profile two to three hours later, in states that flip within minutes); a
-    search aims at a budget, so a predictor can carry this factor (:meth:`latency.predictor.Predictor.set_speed`,
-    ``hwnas recheck --apply``).
+    state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by
+    several percent (``benchmarks/README.md``: the Zen 5 VM read 5-7 % slower than its profile two to three hours
+    later, in states that flip within minutes); a search aims at a budget, so a predictor can carry this factor
+    (:meth:`latency.predictor.Predictor.set_speed`, ``hwnas recheck --apply``).
     """
     from latency.profile_data import PredictorError
     from latency.stats import Protocol, retest_agreement
