@@ -124,8 +124,9 @@ def profile_measurer(prof, ctx, num_labels: int = 2, references: int | None = No
     pick's time at the speed the predictor carries (``speed``: its recheck factor; default that of the profile's
     ``predictor.json``, 1 without one), i.e. measured / (references' now / profile) x speed, so that the loop
     corrects the predictor's reading of the pick and not the machine's drift in those minutes; ``details`` keeps
-    ``raw_ms``, ``machine_speed`` and ``references``. With ``references=0``, or a space the profile has no whole
-    models of: one :func:`latency.measure.measure_arch` call per pick, the time as measured."""
+    ``raw_ms``, ``machine_speed`` and ``references``. With ``references=0``: one
+    :func:`latency.measure.measure_arch` call per pick; where the profile has no whole models of the pick's space:
+    the time as measured."""
     from latency.backends.base import get_backend
     from latency.measure import measure_arch, measure_with_references, reference_rows
     from latency.stats import Protocol
