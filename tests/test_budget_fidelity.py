@@ -1,5 +1,5 @@
-"""benchmarks/budget_fidelity.py: the reference rows measured in the searched models' rounds and the drift read
-from them (no timing here)."""
+"""The profile's reference rows (``latency.measure.reference_rows``) that benchmarks/budget_fidelity.py measures in
+the searched models' rounds and the verify loop beside each pick, and the drift read from them (no timing here)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +49,8 @@ def test_in_rounds_drift_divides_the_speed_out_over_what_the_predictor_carried(b
     assert carried["predicted_within_5_pct"] == 0.5 and carried["predicted_within_10_pct"] == 1.0
 
 
-def test_a_negative_reference_count_is_one_line():
-    out = subprocess.run([sys.executable, str(SCRIPT), str(PROFILE), "--reference", "-1"], capture_output=True,
-                         text=True)
+@pytest.mark.parametrize("flag", ["--reference", "--verify-references"])
+def test_a_negative_reference_count_is_one_line(flag):
+    out = subprocess.run([sys.executable, str(SCRIPT), str(PROFILE), flag, "-1"], capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stdout.strip() == "--reference must be 0 or more, got -1"
+    assert out.stdout.strip() == f"{flag} must be 0 or more, got -1"
