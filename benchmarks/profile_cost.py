@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency.stats import VISIT_PROCESSES  # noqa: E402
 from latency.table import load_profile  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
 
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="profile folder to create (default: a temporary one)")
-    ap.add_argument("--visit-processes", choices=("one", "per_round"), default=None,
+    ap.add_argument("--visit-processes", choices=VISIT_PROCESSES, default=None,
                     help="hwnas profile --visit-processes (default: the protocol's)")
     ap.add_argument("--results", default=str(OUT), help=f"JSON to write (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--reanalyse", action="store_true",

@@ -42,7 +42,7 @@ from latency.measure import (  # noqa: F401
 )
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
-from latency.stats import Protocol, combine_visits, retest_agreement, summarize
+from latency.stats import VISIT_PROCESSES, Protocol, combine_visits, retest_agreement, summarize
 from latency.table import (
     E2E_COLUMNS,
     E2E_KEY,
@@ -67,7 +67,6 @@ QUICK_BATCH, QUICK_SEQ_LEN, QUICK_E2E = (1, 8), (32, 128), 8
 CUDA_BATCH, CUDA_SEQ_LEN = (1, 8, 32, 64), (32, 128, 256)  # a GPU serves batches: 1 to 64 (seq_len 64 lies between
 # 32 and 128; 12 Contexts, as on the CPU: on a lent H200 whose speed drifted, the main rounds alone took 11.5 min)
 E2E_SESSIONS = ("per_visit", "shared")  # Protocol.e2e_session
-VISIT_PROCESSES = ("one", "per_round")  # Protocol.visit_processes
 LIVE_BYTES = 4 << 30  # weights of the prepared graphs (sessions) kept alive at once; beyond, the least recently
 # used is released and re-created from its file when next needed
 LIVE_MULTI_THREAD = 24  # with more than one thread at most this many sessions live: each has its own thread pool,

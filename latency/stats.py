@@ -16,6 +16,7 @@ import numpy as np
 
 MAD_TO_SD = 1.4826  # sd of a normal distribution per unit of median absolute deviation
 MEDIAN_SE = 1.2533  # sqrt(pi/2): standard error of the median per sd/sqrt(n) for a normal distribution
+VISIT_PROCESSES = ("one", "per_round")  # Protocol.visit_processes
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from latency.allocator import ALLOCATORS
+from latency.stats import VISIT_PROCESSES
 from nas.errors import HwnasError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {}
@@ -187,7 +188,7 @@ def _profile_args(p):
                    help="the C allocator while measuring: no_mmap (default: glibc malloc keeps every block in its "
                         "heap, so eager torch's runs take no fresh pages; deploy with the same setting) or default "
                         "(glibc's own, as a process that sets nothing runs); recorded in the protocol")
-    p.add_argument("--visit-processes", choices=("one", "per_round"), default=None,
+    p.add_argument("--visit-processes", choices=VISIT_PROCESSES, default=None,
                    help="one (default): every visit in this process; per_round: each round of visits in a fresh "
                         "process, so an entry's visits sample as many processes (eager torch draws a speed per "
                         "process and shape); recorded in the protocol")
