@@ -149,15 +149,12 @@ def in_rounds_drift(rows: list[dict], pairs: list[tuple[float, float]], speed: f
     >>> d["drift_pct"], d["within_target"], d["predicted_within_5_pct"]
     (6.0, 1, 1.0)
     """
-    from latency.stats import retest_agreement
-
-    agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
-             if k != "within_2pct"}
+    agree = _diffs([a for a, _ in pairs], [b for _, b in pairs])
+    counted = drift_adjusted(rows, agree, speed)  # the window count with that drift divided out
     f = (1 + agree["median_signed_diff_pct"] / 100) / speed
-    adj = [r["measured_latency_ms"] / f for r in rows]
-    rel = [abs(r["predicted_latency_ms"] / m - 1) for r, m in zip(rows, adj)]
-    return {**agree, "drift_pct": round(100 * (f - 1), 3), "speed_carried": speed,
-            "within_target": int(sum(0.9 * r["budget_ms"] <= m <= 1.05 * r["budget_ms"] for r, m in zip(rows, adj))),
+    rel = [abs(r["predicted_latency_ms"] * f / r["measured_latency_ms"] - 1) for r in rows]
+    return {**agree, "drift_pct": counted["drift_pct"], "speed_carried": speed,
+            "within_target": counted["within_target"],
             "predicted_within_5_pct": sum(v <= 0.05 for v in rel) / len(rel),
             "predicted_within_10_pct": sum(v <= 0.10 for v in rel) / len(rel),
             "how": "the profile's rows measured in the same rounds (profile ms vs now ms); each searched row's "
