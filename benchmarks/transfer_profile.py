@@ -26,6 +26,11 @@ sitting without those rows), so the two compare on one measurement, free of the 
 
 ``--rejudge`` (no measuring) fits and judges the transfer profiles of an existing ``--out`` file again with this
 hwnas (e.g. after a change of the default predictor kind).
+
+``--also-judge PROFILE`` (repeat) judges each transfer on another full profile of the same target too (another
+sitting of that device, e.g. one measured with ``--visit-processes per_round``), under ``also_judged``: eager torch's
+whole-model rows on this VM repeat between full profiles only to 57-81 % within +-5 %
+(``benchmarks/sitting_agreement.py``), so which sitting judges a transfer moves its figures.
 """
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ def unseen(target, seen: set[str]):
     return ProfileData(target.path, target.meta, target.ops, target.e2e[~target.e2e["arch_json"].isin(seen)])
 
 
-def one(source, target, out_dir: Path, seed: int, minutes: float | None = None) -> dict:
+def one(source, target, out_dir: Path, seed: int, minutes: float | None = None, also=()) -> dict:
     from latency.profiler import run_profile
 
     if (out_dir / target.name).exists():  # a finished folder would be read back, not measured: not what is timed
@@ -97,8 +102,40 @@ def one(source, target, out_dir: Path, seed: int, minutes: float | None = None) 
         **judge(source, target, new, pred),
     }
     row["ceilings"] = ceilings(source, target, new, row["transfer"])
+    if also:
+        row["also_judged"] = {e.name: judge_also(e, new, pred) for e in also}
     print(f"  measured {row['measurement_minutes']} min", flush=True)
     return row
+
+
+def judge_also(extra, new, pred) -> dict:
+    """``pred`` (a transfer's predictor) judged on ``extra``, another full profile of the target device, like
+    :func:`judge` judges it on the target: on its test rows of architectures the transfer did not time, raw and with
+    the sitting's speed against ``extra`` divided out; beside it ``extra``'s own predictor on the same rows."""
+    judge_on = unseen(extra, set(new.e2e["arch_json"]))
+    state = state_offset(extra, new)
+    out = {"profile": from_root(extra.path), "state_offset": state, "transfer": judged(pred, judge_on),
+           "full_profile": judged(fit(extra, DEFAULT_KIND), judge_on)}
+    if state["e2e"]["median_ratio"]:
+        out["transfer_state_adjusted"] = judged_scaled(pred, judge_on, state["e2e"]["median_ratio"])
+    for label in ("transfer", "transfer_state_adjusted", "full_profile"):
+        if label in out:
+            print(f"  on {extra.name} {label:24s} " + "  ".join(
+                f"{s}: 10%={m['within_10_pct']:.0%} 5%={m['within_5_pct']:.0%} rho_min={m['spearman_min_ctx']:.3f}"
+                for s, m in out[label].items()), flush=True)
+    return out
+
+
+def check_also(target, extras) -> None:
+    """Refuse an ``--also-judge`` profile of another backend or thread count than the target (one line)."""
+    def ident(p):
+        b = p.meta.get("backend") or {}
+        return b.get("name"), b.get("device", "cpu"), b.get("threads")
+
+    for e in extras:
+        if ident(e) != ident(target):
+            sys.exit(f"transfer_profile: --also-judge {e.path} is {ident(e)}, the target {target.path} is "
+                     f"{ident(target)}; give full profiles of the target's backend, device and threads")
 
 
 def state_offset(target, new) -> dict:
@@ -226,6 +263,14 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {r['source']} -> {r['target']} | {label}{kind} | {minutes if minutes is not None else '-'} "
                              f"| {space} | {int(m['n'])} | {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% "
                              f"| {m['mape_pct']:.1f} | {m['spearman_min_ctx']:.3f} / {m['spearman_mean_ctx']:.3f} |")
+        for name, j in (r.get("also_judged") or {}).items():
+            state = (j.get("state_offset") or {}).get("e2e", {}).get("median_ratio")
+            for key, label in (("transfer", "transfer"), ("transfer_state_adjusted", f"transfer, speed ({state}x) divided out"),
+                               ("full_profile", "that profile's own predictor")):
+                for space, m in (j.get(key) or {}).items():
+                    lines.append(f"| {r['source']} -> {name} (another full profile) | {label} | - | {space} | {int(m['n'])} "
+                                 f"| {100 * m['within_10_pct']:.0f}% | {100 * m['within_5_pct']:.0f}% | {m['mape_pct']:.1f} "
+                                 f"| {m['spearman_min_ctx']:.3f} / {m['spearman_mean_ctx']:.3f} |")
     for r in res["rows"]:
         if not r.get("ceilings"):
             continue
@@ -253,7 +298,10 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print the README table of an existing --out file")
     ap.add_argument("--rejudge", action="store_true", help="fit and judge the transfer profiles of an existing "
                     "--out file again, with the swapped-part fits (no measuring)")
+    ap.add_argument("--also-judge", action="append", default=[], metavar="PROFILE", help="judge each transfer on this "
+                    "other full profile of the target device too (repeat; no measuring)")
     args = ap.parse_args()
+    also = [read_profile(p) for p in args.also_judge]
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
@@ -263,8 +311,12 @@ def main() -> int:
         for row in res["rows"]:
             target = read_profile(ROOT / row.get("target_path", f"profiles/{row['target']}"))
             new = read_profile(ROOT / row["transfer_profile"])
-            row.update(judge(source, target, new))
+            check_also(target, also)
+            pred = fit_transfer(source, new)
+            row.update(judge(source, target, new, pred))
             row["ceilings"] = ceilings(source, target, new, row["transfer"])
+            if also:
+                row["also_judged"] = {e.name: judge_also(e, new, pred) for e in also}
             for name, m in row["ceilings"].items():
                 print(f"{row['target']} {name:36s} " + "  ".join(
                     f"{s}: 10%={v['within_10_pct']:.0%} 5%={v['within_5_pct']:.0%} rho_min={v['spearman_min_ctx']:.3f}"
@@ -278,7 +330,8 @@ def main() -> int:
     rows = []
     for t in args.target:
         target = read_profile(t)
-        row = one(source, target, Path(args.runs), args.seed, args.minutes)
+        check_also(target, also)
+        row = one(source, target, Path(args.runs), args.seed, args.minutes, also)
         row["target_path"] = from_root(target.path)
         row["full_profile_minutes"] = round(sum(s.get("wall_s") or 0 for s in target.meta.get("sessions", [])) / 60, 1)
         rows.append(row)
