@@ -16,11 +16,15 @@ Context):
 * **predictors**: each profile's ``predictor.json`` against its own rows and against every other sitting's (their
   speed divided out): how it predicts another process on the same machine. A predictor fitted on one sitting shares
   that sitting's state (its op table and calibration rows were timed in the same process), so against its own rows it
-  can do better than ``sigma_i`` alone allows.
+  can do better than ``sigma_i`` alone allows;
+* **leave one sitting out** (``--loso``, three or more): for each sitting, the others merged
+  (``hwnas merge-profiles``, :mod:`latency.merge`) and fitted with the default kind, and each of the others' own
+  ``predictor.json``, judged on its ``test`` rows with the speed divided out (the median of measured / predicted):
+  whether a profile of several sittings predicts a new sitting better than one sitting's does.
 
-    python benchmarks/sitting_agreement.py PROFILE_A PROFILE_B [PROFILE_C ...] [--out FILE]
+    python benchmarks/sitting_agreement.py PROFILE_A PROFILE_B [PROFILE_C ...] [--loso] [--out FILE]
 
-Fits nothing and times nothing: run it anywhere.
+Times nothing: run it anywhere (``--loso`` fits one predictor per sitting, seconds each).
 """
 from __future__ import annotations
 
@@ -191,6 +195,47 @@ def predictor_figures(profs: list[tuple[str, ProfileData]], rows: pd.DataFrame, 
     return out
 
 
+def judged_at_speed(pred, prof: ProfileData) -> dict:
+    """``pred`` on ``prof``'s test rows, its predictions scaled by the median of measured / predicted (the
+    sitting's speed against the predictor's): per space the factor, within +-10 % / +-5 %, Spearman per Context min."""
+    from latency.evaluate import evaluate, test_points
+
+    pts = test_points(pred, prof)
+    factor = float(np.median([p["measured_ms"] / p["predicted_ms"] for p in pts]))
+    for p in pts:
+        p["predicted_ms"] *= factor
+    out = {}
+    for space, r in evaluate(pred, prof, points=pts).items():
+        rhos = [c["spearman"] for c in r["contexts"].values() if c["spearman"] is not None]
+        out[space] = {"n": r["all"]["n"], "factor": round(factor, 4), "within_10_pct": _pct(r["all"]["within_10_pct"]),
+                      "within_5_pct": _pct(r["all"]["within_5_pct"]),
+                      "spearman_min_ctx": round(min(rhos), 4) if rhos else None}
+    return out
+
+
+def leave_one_out(profs: list[tuple[str, ProfileData]], scratch: Path) -> dict:
+    """Per sitting: the other sittings merged and fitted (default kind), and each other sitting's own
+    predictor.json, judged on its test rows (:func:`judged_at_speed`)."""
+    from latency.merge import merge_profiles
+    from latency.predictor import DEFAULT_KIND, fit, load_predictor
+
+    out = {}
+    for i, (spec, held) in enumerate(profs):
+        others = [(s, p) for j, (s, p) in enumerate(profs) if j != i]
+        row = {}
+        for s, p in others:
+            if (p.path / "predictor.json").is_file():
+                try:
+                    row[s] = judged_at_speed(load_predictor(p.path / "predictor.json", p), held)
+                except Exception as e:  # stale or foreign: said, the rest judged
+                    row[s] = {"error": str(e).splitlines()[0]}
+        merged = merge_profiles([p.path for _, p in others], scratch / f"merged_without_{i}")
+        row["merged: " + " + ".join(s for s, _ in others)] = judged_at_speed(
+            fit(read_profile(merged["out"]), DEFAULT_KIND), held)
+        out[spec] = row
+    return out
+
+
 def agreement(profs: list[tuple[str, ProfileData]]) -> dict:
     rows = shared_rows(profs)
     k = len(profs)
@@ -218,13 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profiles", nargs="+", help="profile folders of one machine (or REV:PATH, a committed one)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--loso", action="store_true", help="leave one sitting out: the others merged and fitted, "
+                    "judged on it (three or more profiles)")
     args = ap.parse_args(argv)
     if len(args.profiles) < 2:
         raise fail("give at least two profiles of one machine to compare")
+    if args.loso and len(args.profiles) < 3:
+        raise fail("--loso merges the sittings left in: give three or more profiles")
     with tempfile.TemporaryDirectory() as scratch:
         profs = [open_profile(s, Path(scratch)) for s in args.profiles]
         same_machine(profs)
         res = agreement(profs)
+        loso = leave_one_out(profs, Path(scratch)) if args.loso else None
     doc = {"date": dt.date.today().isoformat(),
            "profiles": {s: {"created": p.meta.get("created"), "backend": p.backend_label(),
                             "protocol": {k: (p.meta.get("protocol") or {}).get(k)
@@ -233,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
            "note": "test rows shared by every profile; factors divided out per pair; noise_sd_pct from robust "
                    "spreads of the pairs' log ratios (three-cornered hat); ceiling: a predictor of the true latency "
                    "against that sitting's rows, normal approximation",
-           "spaces": res}
+           "spaces": res, **({"leave_one_sitting_out": loso} if loso else {})}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
     for space, r in res.items():
@@ -251,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cells = "; ".join(f"{o}: {v['within_5_pct']:.1f} / {v['within_10_pct']:.1f} %" for o, v in per.items())
             print(f"  predictor of {name} within +-5 / +-10 % of: {cells}")
+    for held, row in (loso or {}).items():
+        print(f"held out {held}:")
+        for name, per in row.items():
+            if "error" in per:
+                print(f"  {name}: not judged ({per['error']})")
+                continue
+            print(f"  {name}: " + "; ".join(f"{sp} {v['within_5_pct']:.1f} / {v['within_10_pct']:.1f} % within "
+                                             f"+-5 / +-10, Spearman min {v['spearman_min_ctx']}"
+                                             for sp, v in per.items()))
     print(f"wrote {args.out}")
     return 0
 

@@ -128,6 +128,25 @@ def profile_main(args) -> int:
     return 0
 
 
+def merge_main(args) -> int:
+    """``hwnas merge-profiles A B [C ...] --out M``: one profile from several sittings (:mod:`latency.merge`)."""
+    import json
+
+    from latency.merge import merge_profiles
+
+    result = merge_profiles(args.profiles, args.out)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"wrote {result['out']}: {result['ops_rows']} op rows, {result['e2e_rows']} e2e rows "
+          f"({result['e2e_in_every_sitting']} of them measured in every sitting)")
+    for s in result["sittings"]:
+        print(f"  {s['name']} ({s['created']}): ops x{s['ops_factor']:.4f} over {s['ops_shared']} shared entries, "
+              f"whole models x{s['e2e_factor']:.4f} over {s['e2e_shared']} against the first, divided out")
+    print(f"next: hwnas fit {result['out']}")
+    return 0
+
+
 def measure_main(args) -> int:
     """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
     import json

@@ -523,6 +523,9 @@ def open_folder(out: Path, meta: dict, force_new: bool) -> tuple[Path, dict | No
             return candidate, None
         try:
             stored = read_meta(candidate)
+            if stored.get("merged_from"):
+                raise ProfileError(f"{candidate} merges {len(stored['merged_from'])} profiles (`hwnas merge-profiles`) "
+                                   f"and is not resumed or extended; profile into another --out, then merge again")
             check_compatible(candidate, stored, meta)
             return candidate, stored
         except ProfileError:

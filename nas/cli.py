@@ -203,6 +203,19 @@ def _profile_args(p):
 cmd_profile.arguments(_profile_args)
 
 
+@command("merge-profiles", "Merge full profiles of one machine taken in separate sittings into one (steadier) profile.",
+         "hwnas merge-profiles profiles/mycpu profiles/mycpu-evening --out profiles/mycpu-merged && "
+         "hwnas fit profiles/mycpu-merged")
+def cmd_merge_profiles(args):
+    return _delegate("latency.profile_cli", "merge_main", args)
+
+
+cmd_merge_profiles.arguments(lambda p: (
+    p.add_argument("profiles", nargs="+", help="two or more full profile folders of this machine (the first sets the "
+                   "speed the others are scaled to)"),
+    p.add_argument("--out", required=True, help="the new profile folder (must not exist)"), _add_json(p)))
+
+
 @command("measure", "Time one architecture end to end (exported model, same protocol as the profiler).",
          "hwnas measure arch.json --backend onnxruntime --threads 1 --batch 1 --seq-len 128 --json")
 def cmd_measure(args):

@@ -34,7 +34,7 @@ def test_three_sittings_give_each_its_own_noise_and_the_ceiling_it_allows(tmp_pa
     b = sitting(TORCH, tmp_path / "b", 1.10, 0.005, 1)  # a slower hour: the factor, not noise
     c = sitting(TORCH, tmp_path / "c", 0.95, 0.060, 2)  # a noisy sitting
     out = tmp_path / "agreement.json"
-    assert sa.main([str(a), str(b), str(c), "--out", str(out)]) == 0
+    assert sa.main([str(a), str(b), str(c), "--loso", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert set(doc["spaces"]) == {"adabert", "nasbert"}
     for r in doc["spaces"].values():
@@ -47,6 +47,11 @@ def test_three_sittings_give_each_its_own_noise_and_the_ceiling_it_allows(tmp_pa
         assert 50 < ceil < 70  # ~ P(|N(0, 6 %)| <= 5 %)
         assert r["pairs"][f"{c} vs {a}"]["within_5_pct"] < 80
         assert r["predictors"] == {}  # no predictor.json in these folders: nothing to judge
+    loso = doc["leave_one_sitting_out"]
+    assert set(loso) == {str(a), str(b), str(c)}
+    held_b = loso[str(b)][f"merged: {a} + {c}"]  # fitted on a and c merged (at a's speed), judged on b
+    for space in ("adabert", "nasbert"):
+        assert held_b[space]["factor"] == pytest.approx(1.10, rel=0.02) and held_b[space]["within_10_pct"] > 90
 
 
 def test_a_predictor_is_judged_on_every_sitting_and_a_stale_one_is_said(tmp_path, benchmark_module):
@@ -73,6 +78,7 @@ def test_noise_solves_the_pairs_and_the_ceiling_is_a_normal_share(benchmark_modu
 
 @pytest.mark.parametrize("args, says", [
     (["ONE"], "at least two profiles"),
+    (["TORCH", "TORCH", "--loso"], "three or more profiles"),
     (["TORCH", "ORT"], "one machine, backend and thread count"),
     (["TORCH", "MISSING"], "not a profile folder"),
     (["TORCH", "nosuchrev:profiles/x"], "git cannot give"),
