@@ -203,7 +203,7 @@ def _profile_args(p):
 cmd_profile.arguments(_profile_args)
 
 
-@command("merge-profiles", "Merge full profiles of one machine taken in separate sittings into one (steadier) profile.",
+@command("merge-profiles", "Merge full profiles of one machine taken in separate sittings into one (each entry the median over them).",
          "hwnas merge-profiles profiles/mycpu profiles/mycpu-evening --out profiles/mycpu-merged && "
          "hwnas fit profiles/mycpu-merged")
 def cmd_merge_profiles(args):
