@@ -50,7 +50,7 @@ from predictor_accuracy import summarise  # noqa: E402  (benchmarks/ is the scri
 
 from latency.evaluate import evaluate, test_points  # noqa: E402
 from latency.predictor import DEFAULT_KIND, fit, load_predictor  # noqa: E402
-from latency.profile_data import read_profile  # noqa: E402
+from latency.profile_data import PredictorError, read_profile  # noqa: E402
 from latency.transfer import fit_transfer, transfer, transfer_config  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
 
@@ -301,7 +301,10 @@ def main() -> int:
     ap.add_argument("--also-judge", action="append", default=[], metavar="PROFILE", help="judge each transfer on this "
                     "other full profile of the target device too (repeat; no measuring)")
     args = ap.parse_args()
-    also = [read_profile(p) for p in args.also_judge]
+    try:
+        also = [read_profile(p) for p in args.also_judge]
+    except PredictorError as e:
+        sys.exit(f"transfer_profile: --also-judge: {e}")
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
