@@ -51,6 +51,9 @@ def _refuse_unmergeable(name: str, meta: dict) -> None:
     if meta.get("transfer_from"):
         raise ProfileError(f"{name} is a transfer profile (a few minutes of measurement, ops at some Contexts); merge "
                            f"full profiles of one machine made by `hwnas profile`")
+    if meta.get("merged_from"):
+        raise ProfileError(f"{name} is itself a merge of {len(meta['merged_from'])} profiles; merge the sittings it "
+                           f"came from together with the new one instead (each then counts once)")
     if meta.get("status") in ("running", "partial"):
         raise ProfileError(f"{name} is {meta['status']} (not every entry measured); finish it with the same "
                            f"`hwnas profile` command before merging")
@@ -120,7 +123,7 @@ def merge_profiles(paths: list[str | os.PathLike], out: str | os.PathLike) -> di
     resolved = {p.path.resolve() for p in profiles}
     if len(resolved) < len(profiles):
         raise ProfileError("the same profile is given twice; merge different sittings")
-    if out.exists() and (out.resolve() in resolved or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or out.resolve() in resolved or any(out.iterdir())):
         raise ProfileError(f"{out} exists and is not empty; choose a new --out for the merged profile")
     check_mergeable(profiles)
     first = profiles[0]

@@ -75,6 +75,8 @@ def test_a_merged_profile_fits_and_is_not_resumed(tmp_path, profile_maker):
     ("transfer", "is a transfer profile"),
     ("running", "is running"),
     ("no_shared", "shares no e2e entry"),
+    ("merged_input", "is itself a merge of 2 profiles"),
+    ("out_is_file", "exists and is not empty"),
 ])
 def test_bad_input_is_refused_and_writes_nothing(tmp_path, profile_maker, case, says):
     a = scaled(profile_maker, tmp_path / "a", 1.0)
@@ -88,12 +90,22 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path, profile_maker, case, 
         meta = json.loads((b / "profile.json").read_text())
         meta.update({"transfer_from": {"name": "src"}} if case == "transfer" else {"status": "running"})
         (b / "profile.json").write_text(json.dumps(meta))
+    if case == "merged_input":
+        merge_profiles([a, b], tmp_path / "ab")
+        paths = [tmp_path / "ab", a]
+    if case == "out_is_file":
+        out.write_text("keep me")
     if case == "no_shared":
         e2e = pd.read_csv(b / "e2e.csv")
         e2e.assign(batch=e2e["batch"] + 100).to_csv(b / "e2e.csv", index=False)
     with pytest.raises(ProfileError, match=says):
         merge_profiles(paths, out)
-    assert (out / "note.txt").read_text() == "keep me" if case == "out_exists" else not out.exists()
+    if case == "out_exists":
+        assert (out / "note.txt").read_text() == "keep me"
+    elif case == "out_is_file":
+        assert out.read_text() == "keep me"
+    else:
+        assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")]
 
 
