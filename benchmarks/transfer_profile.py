@@ -301,10 +301,7 @@ def main() -> int:
     ap.add_argument("--also-judge", action="append", default=[], metavar="PROFILE", help="judge each transfer on this "
                     "other full profile of the target device too (repeat; no measuring)")
     args = ap.parse_args()
-    try:
-        also = [read_profile(p) for p in args.also_judge]
-    except PredictorError as e:
-        sys.exit(f"transfer_profile: --also-judge: {e}")
+    also = [read_profile(p) for p in args.also_judge]
     if args.markdown:
         print(markdown(json.loads(Path(args.out).read_text())))
         return 0
@@ -347,4 +344,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except PredictorError as e:  # a missing, foreign or stale profile given as --source / --target / --also-judge
+        sys.exit(f"transfer_profile: {e}")

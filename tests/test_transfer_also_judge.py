@@ -42,11 +42,11 @@ def test_a_transfer_is_judged_on_the_other_sitting_with_its_speed_divided_out(tp
     assert out["profile"].endswith("_per_round")
 
 
-def test_a_missing_also_judge_profile_is_one_line(tmp_path):
+def test_a_missing_profile_is_one_line(tmp_path):
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer_profile.py"), "--also-judge",
                           str(tmp_path / "none"), "--markdown"], capture_output=True, text=True)
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
-    assert out.stderr.startswith("transfer_profile: --also-judge:") and "not a profile folder" in out.stderr
+    assert out.stderr.startswith("transfer_profile: ") and "none: not a profile folder" in out.stderr
