@@ -8,7 +8,8 @@ Context):
 
 * **pairs**: the speed factor between two sittings (the median of B / A), and with it divided out: the median and
   p90 of |B / A - 1|, the share of rows within +-5 % / +-10 %, and the Spearman of B's rows against A's per Context
-  (the minimum and mean): how well one sitting predicts another's ranking, the ceiling of the per-Context Spearman;
+  (the minimum and mean): how well one sitting's rows rank another's (a noise-free predictor can rank better than a
+  second measurement does, so this is a scale for the per-Context Spearman, not its ceiling);
 * **sittings** (three or more): each sitting's own per-row noise, ``sigma_i``, from the robust spreads of the pairs'
   log ratios (``v_ij = sigma_i^2 + sigma_j^2``, solved by least squares: the three-cornered hat), and the share
   within +-5 % / +-10 % that a predictor knowing every row's true latency would reach against that sitting's rows
