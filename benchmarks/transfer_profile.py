@@ -143,11 +143,13 @@ def state_offset(target, new) -> dict:
     entries both measured (every op at the transfer's Contexts; the homogeneous whole models, which both time, at
     its whole-model Contexts). This VM's speed flips by 5-7 % within minutes (README), and a transfer measured in
     another state than the full profile it is judged on reads that much off, whatever its predictor."""
+    from latency.merge import speed_factor
+    from latency.table import E2E_KEY, OPS_KEY
+
     out = {}
-    for table, key in (("ops", ["op_key", "batch", "seq_len"]), ("e2e", ["arch_json", "batch", "seq_len"])):
-        both = getattr(new, table).merge(getattr(target, table), on=key, suffixes=("_new", "_full"))
-        ratio = both["latency_p50_ms_new"] / both["latency_p50_ms_full"]
-        out[table] = {"n": int(len(both)), "median_ratio": round(float(ratio.median()), 4) if len(both) else None}
+    for table, key in (("ops", OPS_KEY), ("e2e", E2E_KEY)):
+        ratio, n = speed_factor(getattr(target, table), getattr(new, table), key)
+        out[table] = {"n": n, "median_ratio": round(ratio, 4) if ratio is not None else None}
     return out
 
 
