@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latency.stats import VISIT_PROCESSES  # noqa: E402
+from latency.stats import PROBES, VISIT_PROCESSES  # noqa: E402
 from latency.table import load_profile  # noqa: E402
 from nas.io import atomic_write_text  # noqa: E402
 
@@ -47,6 +47,8 @@ def run(args) -> dict:
            "--space", "adabert,nasbert", "--out", str(out), "--json"]
     if args.visit_processes:
         cmd += ["--visit-processes", args.visit_processes]
+    if getattr(args, "probe", None):
+        cmd += ["--probe", args.probe]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall_s = time.perf_counter() - t0
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="profile folder to create (default: a temporary one)")
     ap.add_argument("--visit-processes", choices=VISIT_PROCESSES, default=None,
                     help="hwnas profile --visit-processes (default: the protocol's)")
+    ap.add_argument("--probe", choices=PROBES, default=None, help="hwnas profile --probe (default: the protocol's)")
     ap.add_argument("--results", default=str(OUT), help=f"JSON to write (default {OUT.relative_to(ROOT)})")
     ap.add_argument("--reanalyse", action="store_true",
                     help="recompute the derived figures of the existing results file from its profile folder "

@@ -7,14 +7,16 @@ exactly which visits and rows exist, so a re-run measures only what is missing a
 
 ``visits.csv`` columns: ``entry`` (op | e2e), ``graph`` (the op key, or ``arch:`` + 16 hex digits of the
 SHA-1 of the architecture's JSON; ``retest:`` before either for the test-retest measurement), ``batch``, ``seq_len``, ``visit``, the visit's latency percentiles, mean and
-sd (ms), ``n_runs`` and why it stopped (``stable``, ``time_cap``, ``max_runs``).
+sd (ms), ``n_runs`` and why it stopped (``stable``, ``time_cap``, ``max_runs``); under ``protocol.probe`` (not
+``none``) also ``probe_ms``, the probe's median beside the visit's runs, and the millisecond fields are the visit at
+the profile's reference probe time (:func:`latency.stats.at_reference`: raw = value * probe_ms / reference).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latency.stats import Protocol, combine_visits, wants_retake
+from latency.stats import Protocol, at_reference, combine_visits, wants_retake
 from latency.table import (
     E2E_COLUMNS,
     E2E_KEY,
@@ -35,7 +37,25 @@ NUM_LABELS = 2  # the classifier width every profile measures (heads and whole m
 VISIT_COLUMNS = ["entry", "graph", "batch", "seq_len", "visit", "latency_p50_ms", "latency_p10_ms", "latency_p90_ms",
                  "mean_ms", "sd_ms", "n_runs", "stop"]
 VISIT_KINDS = {"batch": int, "seq_len": int, "visit": int, "latency_p50_ms": float, "latency_p10_ms": float,
-               "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int}
+               "latency_p90_ms": float, "mean_ms": float, "sd_ms": float, "n_runs": int, "probe_ms": float}
+
+
+def visit_columns(protocol: Protocol) -> list[str]:
+    """``visits.csv``'s columns under ``protocol`` (``probe_ms`` last where a probe is timed beside each visit)."""
+    return VISIT_COLUMNS + (["probe_ms"] if protocol.probe != "none" else [])
+
+
+def read_visits(path: Path) -> list[dict]:
+    """A ``visits.csv``'s rows, with or without the ``probe_ms`` column (what its header says)."""
+    import csv
+
+    path = Path(path)
+    with_probe = VISIT_COLUMNS + ["probe_ms"]
+    header = None
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    return read_rows(path, with_probe if header == with_probe else VISIT_COLUMNS, VISIT_KINDS)
 
 def visit_graph(kind: str, graph: str) -> str:
     """An entry's ``graph`` in ``visits.csv``: the op key, or ``arch:`` + 16 hex digits of the SHA-1 of the
@@ -66,14 +86,18 @@ class Journal:
     """The folder's durable record: each visit goes to ``visits.csv`` as it ends; an entry's row goes to
     ``ops.csv`` / ``e2e.csv`` once all its visits are in. Re-opening it after a kill resumes exactly."""
 
-    def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol) -> None:
-        self.folder, self.protocol = folder, protocol
+    def __init__(self, folder: Path, jobs: list[Job], protocol: Protocol, probe_reference_ms: float | None = None) -> None:
+        """``probe_reference_ms``: the profile's reference probe time, to which each new visit is scaled (needed to
+        add visits under a protocol with a probe)."""
+        self.folder, self.protocol, self.probe_reference_ms = folder, protocol, probe_reference_ms
+        self.columns = visit_columns(protocol)
+        self.probes_now: list[float] = []  # the probe medians of the visits added by this session
         self.rules = {kind: protocol.for_kind(kind) for kind in ("op", "e2e")}  # visits and retakes per kind
         self.by_key = {j.visit_key: j for j in jobs}
         self.done = {row_key(r, OPS_KEY) for r in read_rows(folder / "ops.csv", OPS_COLUMNS, OPS_KINDS)}
         self.done |= {row_key(r, E2E_KEY) for r in read_rows(folder / "e2e.csv", E2E_COLUMNS, E2E_KINDS)}
         self.visits: dict[tuple, dict[int, dict]] = {}  # visit key -> visit number -> its summary
-        for r in read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+        for r in read_rows(folder / "visits.csv", self.columns, VISIT_KINDS):
             self.visits.setdefault((r["graph"], r["batch"], r["seq_len"]), {})[r["visit"]] = r
 
     def extend(self, jobs: list[Job]) -> None:
@@ -108,7 +132,7 @@ class Journal:
     def __enter__(self) -> Journal:
         self.out = {"op": RowAppender(self.folder / "ops.csv", OPS_COLUMNS),
                     "e2e": RowAppender(self.folder / "e2e.csv", E2E_COLUMNS),
-                    "visit": RowAppender(self.folder / "visits.csv", VISIT_COLUMNS)}
+                    "visit": RowAppender(self.folder / "visits.csv", self.columns)}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -117,6 +141,12 @@ class Journal:
 
     def add(self, job: Job, visit: int, s: dict) -> None:
         gid, batch, seq_len = job.visit_key
+        if self.protocol.probe != "none":
+            if not self.probe_reference_ms or "probe_ms" not in s:
+                raise ValueError(f"a visit under protocol.probe {self.protocol.probe!r} needs its probe_ms and the "
+                                 f"profile's reference probe time")
+            s = at_reference(s, self.probe_reference_ms)
+            self.probes_now.append(float(s["probe_ms"]))
         row = {"entry": job.kind, "graph": gid, "batch": batch, "seq_len": seq_len, "visit": visit, **s}
         self.out["visit"].append(row)
         self.visits.setdefault(job.visit_key, {})[visit] = row

@@ -58,17 +58,75 @@ def minor_faults() -> int | None:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
+PROBE_N = 192  # the probe: two float32 matmuls of PROBE_N^3 (about 0.3 ms on one Zen 5 core)
+PROBE_AROUND = 5  # probe samples just before a visit's timed runs and as many just after ...
+PROBE_EVERY_S = 0.02  # ... and one between chunks of runs, at most this often
+PROBE_REFERENCE_S = 1.0  # a profile's reference probe time: the median of this many seconds of samples ...
+PROBE_QUICK_S = 0.3  # ... with --quick
+
+
+class Probe:
+    """A fixed CPU workload timed beside a visit's runs (``Protocol.probe == "matmul"``): two float32 matmuls of
+    :data:`PROBE_N` cubed with fixed inputs, on the backend's thread count. On a VM the speed of the whole machine
+    swings by a few per cent within seconds, alike for every workload; a visit's probe median tells by how much,
+    and :func:`latency.stats.at_reference` divides it out (measured 2026-12-06 on the Zen 5 VM: across 25 visits
+    of 12 whole models, interleaved with the probe run by run, the models' visit medians followed the probe's with a
+    median slope of 0.99 and their visit-to-visit spread fell from ~3 % to ~1.4 % divided by it; an elementwise
+    probe, memory-bound, tracked nothing)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(PROBE_N, PROBE_N, generator=g)
+        self.b = torch.randn(PROBE_N, PROBE_N, generator=g)
+        self.threads = threads
+
+    def samples(self, n: int) -> list[float]:
+        """``n`` probe times in seconds."""
+        from latency.backends.torch import fixed_threads
+
+        out, clock = [], time.perf_counter
+        with fixed_threads(self.threads), torch.inference_mode():
+            for _ in range(n):
+                t0 = clock()
+                self.a @ self.b
+                self.a @ self.b
+                out.append(clock() - t0)
+        return out
+
+    def reference(self, seconds: float = PROBE_REFERENCE_S) -> dict:
+        """The probe's median over ``seconds`` of samples after 0.1 s of warm-up: a profile's reference time."""
+        self.samples(3)
+        end = time.perf_counter() + 0.1
+        while time.perf_counter() < end:
+            self.samples(5)
+        xs: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            xs += self.samples(5)
+        ms = [x * 1e3 for x in xs]
+        med = statistics.median(ms)
+        return {"workload": f"2 x float32 matmul {PROBE_N}x{PROBE_N}x{PROBE_N}, {self.threads} thread(s)",
+                "reference_ms": round(med, 6), "samples": len(ms),
+                "spread_pct": round(100 * statistics.median(abs(x - med) for x in ms) / med, 2)}
+
+
 def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, time_cap_s: float | None = None,
-                     faults: list[int] | None = None) -> tuple[list[float], str]:
+                     faults: list[int] | None = None, probe: Probe | None = None,
+                     probe_s: list[float] | None = None) -> tuple[list[float], str]:
     """Warm up, then time in growing chunks until :func:`latency.stats.stop_reason` says stop.
 
     Args:
         faults: if given, the minor page faults the process took during the timed runs are appended to it.
+        probe: time this :class:`Probe` :data:`PROBE_AROUND` times just before the timed runs and just after, and
+            once between chunks at most every :data:`PROBE_EVERY_S`; its times (seconds) go to ``probe_s``.
     Returns:
         (raw timings in seconds, the stop reason).
     """
     warm_up(backend, runnable, protocol)
     samples: list[float] = []
+    if probe is not None:
+        probe_s += probe.samples(PROBE_AROUND)
+        probed = time.perf_counter()
     before = minor_faults() if faults is not None else None
     start = time.perf_counter()
     while True:
@@ -77,8 +135,13 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
         if reason:
             if before is not None:
                 faults.append(minor_faults() - before)
+            if probe is not None:
+                probe_s += probe.samples(PROBE_AROUND)
             return samples, reason
         samples += backend.time(runnable, next_chunk(samples, elapsed, protocol, time_cap_s))
+        if probe is not None and time.perf_counter() - probed >= PROBE_EVERY_S:
+            probe_s += probe.samples(1)
+            probed = time.perf_counter()
 
 
 def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: Protocol, kind: str = "e2e",
@@ -407,5 +470,6 @@ def cuda_protocol(protocol: Protocol) -> Protocol:
     unbroken stream of visits keeps them up; weights stay in device memory, so a visit's warm-up only refills the
     L2 cache and the allocator, which a few runs (microseconds to milliseconds each) do. The CPU's 0.1 s per
     whole-model visit would be hundreds of GPU runs and most of a profile's time. Sessions are kept across visits
-    (a CUDA session takes a second to create)."""
-    return replace(protocol, warmup_min_s=0.01, e2e_warmup_min_s=0.03, fresh_warmup_s=0.1, e2e_session="shared")
+    (a CUDA session takes a second to create). No CPU probe beside the visits: it says nothing of the GPU's clocks."""
+    return replace(protocol, warmup_min_s=0.01, e2e_warmup_min_s=0.03, fresh_warmup_s=0.1, e2e_session="shared",
+                   probe="none")

@@ -43,7 +43,8 @@ from latency.table import (
 )
 
 NOISE_ONLY = ("visit_processes", "visits", "e2e_visits", "max_visits", "retake_spread", "retest", "retest_fraction",
-              "retest_min")  # protocol fields that change how often or where an entry is visited, not what it reads
+              "retest_min", "probe")  # protocol fields that change how often or where an entry is visited, or at
+# which speed of the machine its visits are counted (a constant per sitting, divided out), not what it reads
 LATENCY = ("latency_p50_ms", "latency_p10_ms", "latency_p90_ms")
 
 

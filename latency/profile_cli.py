@@ -55,6 +55,8 @@ def config_from_args(args) -> ProfileConfig:
         protocol = replace(protocol, allocator=args.allocator)
     if getattr(args, "visit_processes", None):
         protocol = replace(protocol, visit_processes=args.visit_processes)
+    if getattr(args, "probe", None):
+        protocol = replace(protocol, probe=args.probe)
     return ProfileConfig(
         backend=args.backend, device=args.device, threads=args.threads, spaces=parse_spaces(args.space, args.preset),
         batch=tuple(args.batch or (QUICK_BATCH if quick else CUDA_BATCH if cuda else DEFAULT_BATCH)),
@@ -78,8 +80,9 @@ def transfer_main(args) -> dict:
     src = read_profile(args.transfer_from)
     cfg = transfer_config(src, args.backend, args.device, args.threads, args.e2e, args.seed,
                           getattr(args, "minutes", None))
-    if getattr(args, "visit_processes", None):
-        cfg = replace(cfg, protocol=replace(cfg.protocol, visit_processes=args.visit_processes))
+    for name in ("visit_processes", "probe"):
+        if getattr(args, name, None):
+            cfg = replace(cfg, protocol=replace(cfg.protocol, **{name: getattr(args, name)}))
     result = run_profile(cfg, args.out, force_new=args.force_new, progress=not args.json)
     new = read_profile(result["out"])
     pred = fit_transfer(src, new)

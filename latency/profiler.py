@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import random
+import statistics
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,9 @@ from latency.device import fingerprint, gpu_clocks
 from latency.journal import NUM_LABELS, VISIT_COLUMNS, VISIT_KINDS, Journal, visit_graph  # noqa: F401
 from latency.measure import (  # noqa: F401
     EXPORT_CTX,
+    PROBE_QUICK_S,
+    PROBE_REFERENCE_S,
+    Probe,
     check_context,
     measure_arch,
     measure_runnable,
@@ -42,7 +46,7 @@ from latency.measure import (  # noqa: F401
 )
 from latency.progress import Progress
 from latency.roofline import measure_roofline, roofline_rows, roofline_summary, write_roofline_csv
-from latency.stats import VISIT_PROCESSES, Protocol, combine_visits, retest_agreement, summarize
+from latency.stats import PROBES, VISIT_PROCESSES, Protocol, combine_visits, retest_agreement, summarize
 from latency.table import (
     E2E_COLUMNS,
     E2E_KEY,
@@ -272,6 +276,15 @@ class Graphs:
         self.alive: OrderedDict[str, int] = OrderedDict()  # graph -> bytes of weights
         self.max_alive = LIVE_MULTI_THREAD if backend.threads > 1 else None
         self.fresh = False  # whether the last bound() prepared (exported) its graph for the first time
+        self._probe: Probe | None = None
+
+    def probe(self, protocol: Protocol) -> Probe | None:
+        """The :class:`~latency.measure.Probe` timed beside each visit (None with ``protocol.probe == "none"``)."""
+        if protocol.probe == "none":
+            return None
+        if self._probe is None:
+            self._probe = Probe(self.backend.threads)
+        return self._probe
 
     def inputs(self, job: Job, ctx: Context) -> dict[str, torch.Tensor]:
         if job.kind == "e2e":
@@ -315,8 +328,12 @@ def measure_visit(graphs: Graphs, job: Job, protocol: Protocol, fresh_warmup: bo
     if graphs.fresh and fresh_warmup:
         warm_up_fresh(graphs.backend, runnable, protocol)
     t1 = time.perf_counter()
-    samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind))
+    probe, probe_s = graphs.probe(protocol), []
+    samples, reason = measure_runnable(graphs.backend, runnable, protocol.for_kind(job.kind), probe=probe,
+                                       probe_s=probe_s)
     s = {**summarize(samples, protocol.rse_method), "stop": reason}
+    if probe is not None:
+        s["probe_ms"] = round(statistics.median(probe_s) * 1e3, 6)  # raw: the journal scales the visit by it
     log.debug("%s %s %s: prepare %.3f s, measure %.3f s, %d runs, %s, p50 %.4f ms, cv %.3f", job.kind, job.label,
               job.ctx, t1 - t0, time.perf_counter() - t1, len(samples), reason, s["latency_p50_ms"], s["cv"])
     return s
@@ -550,6 +567,12 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
     if cfg.protocol.visit_processes not in VISIT_PROCESSES:
         raise ProfileError(f"protocol.visit_processes {cfg.protocol.visit_processes!r} is none of "
                            f"{', '.join(VISIT_PROCESSES)}; the profile.json is corrupt or from a newer hwnas")
+    if cfg.protocol.probe not in PROBES:
+        raise ProfileError(f"protocol.probe {cfg.protocol.probe!r} is none of {', '.join(PROBES)}; the "
+                           f"profile.json is corrupt or from a newer hwnas")
+    if cfg.protocol.probe != "none" and cfg.device == "cuda":
+        raise ProfileError("--probe matmul times a CPU workload beside each visit, which says nothing of a GPU's "
+                           "clocks; profile a GPU with --probe none (its default)")
     jobs = plan_jobs(cfg)
     with get_backend(cfg.backend, threads=cfg.threads, device=cfg.device) as backend:
         meta = new_meta(cfg, backend)
@@ -572,10 +595,17 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                 quick = Protocol(min_runs=5, time_cap_s=0.1, target_rse=0.005) if cfg.quick else None
                 meta["roofline"] = measure_roofline(backend, quick)
                 write_meta(folder, meta)
+            if cfg.protocol.probe != "none":
+                now = Probe(cfg.threads).reference(PROBE_QUICK_S if cfg.quick else PROBE_REFERENCE_S)
+                if not meta.get("probe"):  # the first session's sets the speed every row is scaled to
+                    meta["probe"] = {**now, "measured": session["started"]}
+                session["probe_ms"] = now["reference_ms"]
+                write_meta(folder, meta)
             retest = [] if meta.get("retest") else retest_sample(jobs, cfg.protocol)
             derived = meta.get("derived_archs")
             later = derived_jobs(cfg, derived, jobs) if derived else []
-            journal = Journal(folder, jobs + retest + later, cfg.protocol)
+            journal = Journal(folder, jobs + retest + later, cfg.protocol,
+                              (meta.get("probe") or {}).get("reference_ms"))
             graphs = Graphs(backend, cfg.seed, cfg.protocol.e2e_session)
             per_round = RoundProcess(cfg, folder / ".work") if cfg.protocol.visit_processes == "per_round" else None
             clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
@@ -595,6 +625,9 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                 if per_round is not None:
                     per_round.close()
                     session["round_processes"] = per_round.started
+            if journal.probes_now:  # how fast the machine ran this session, against the profile's reference
+                session["probe_vs_reference"] = round(statistics.median(journal.probes_now)
+                                                      / meta["probe"]["reference_ms"], 4)
             ops, e2e = read_tables(folder)
             if retest:
                 rows = entry_keys(ops + e2e)

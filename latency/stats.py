@@ -17,6 +17,8 @@ import numpy as np
 MAD_TO_SD = 1.4826  # sd of a normal distribution per unit of median absolute deviation
 MEDIAN_SE = 1.2533  # sqrt(pi/2): standard error of the median per sd/sqrt(n) for a normal distribution
 VISIT_PROCESSES = ("one", "per_round")  # Protocol.visit_processes
+PROBES = ("matmul", "none")  # Protocol.probe
+SCALED = ("latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "mean_ms", "sd_ms")  # a visit's fields in ms
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class Protocol:
     # from a heap that is never handed back, so a model's runs take no page faults once it has grown (eager torch
     # otherwise faulted or not by the process's history: 1.6x apart); "default": glibc's own settings
 
+    probe: str = "matmul"  # "matmul": a fixed CPU workload (latency.measure.Probe) is timed beside every visit's
+    # runs, and the visit is scaled by the profile's reference probe time over the visit's (at_reference): the VM's
+    # speed swings +-3 % within seconds, common to every workload (a probe's and a model's visit medians moved with
+    # slope 0.99; divided out, a whole model's visit-to-visit sd went from ~3 % to ~1.4 %). "none": raw visits
+    # (GPU profiles: a CPU probe says nothing of the GPU's clocks)
+
     def for_kind(self, kind: str) -> Protocol:
         """The rules one visit of an ``op`` or ``e2e`` entry follows (whole models: their own warm-up, runs, cap)."""
         if kind != "e2e":
@@ -88,7 +96,7 @@ class Protocol:
 # fields added after profiles were shipped -> the old behaviour: another field's value ("=name") or a constant
 LEGACY = {"e2e_warmup_runs": "=warmup_runs", "e2e_warmup_min_s": "=warmup_min_s", "e2e_min_runs": "=min_runs",
           "fresh_warmup_s": 0.0, "retake_spread": float("inf"), "max_visits": 0, "retest": "after",
-          "e2e_visits": "=visits", "e2e_session": "shared", "allocator": "default"}
+          "e2e_visits": "=visits", "e2e_session": "shared", "allocator": "default", "probe": "none"}
 
 
 def as_array(samples_s) -> np.ndarray:
@@ -147,6 +155,23 @@ def summarize(samples_s, method: str = "mad") -> dict:
         "mean_ms": round(float(x.mean()), 6),
         "sd_ms": round(float(x.std(ddof=1)) if x.size > 1 else 0.0, 6),
     }
+
+
+def at_reference(visit: dict, reference_ms: float) -> dict:
+    """A visit's summary (:func:`summarize` plus ``probe_ms``, the median time of the probe beside its runs) at the
+    machine speed of ``reference_ms`` (the profile's reference probe time): every millisecond field scaled by
+    ``reference_ms / probe_ms``; ``cv``, ``rse`` and ``probe_ms`` itself unchanged, so the raw visit is
+    ``value * probe_ms / reference_ms``.
+
+    >>> at_reference({"latency_p50_ms": 2.0, "latency_p10_ms": 1.9, "latency_p90_ms": 2.2, "mean_ms": 2.0,
+    ...               "sd_ms": 0.1, "cv": 0.05, "probe_ms": 0.22}, 0.2)["latency_p50_ms"]
+    1.818182
+    """
+    probe = float(visit["probe_ms"])
+    if not (probe > 0 and reference_ms > 0 and math.isfinite(probe)):
+        raise ValueError(f"probe time {visit.get('probe_ms')!r} / reference {reference_ms!r}: both must be positive")
+    f = reference_ms / probe
+    return {**visit, **{k: round(float(visit[k]) * f, 6) for k in SCALED if k in visit}}
 
 
 def combine_visits(visits: list[dict], statistic: str = "median") -> dict:

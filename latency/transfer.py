@@ -190,7 +190,8 @@ def transfer_config(src: ProfileData, backend: str, device: str, threads: int, e
     b, s = src.grid()
     protocol = replace(Protocol(seed=seed), visits=2, max_visits=3, time_cap_s=0.1, e2e_time_cap_s=0.4,
                        retest_fraction=0.0, retest_min=10,
-                       budget_s=transfer_budget_s(TRANSFER_MINUTES if minutes is None else minutes))
+                       budget_s=transfer_budget_s(TRANSFER_MINUTES if minutes is None else minutes),
+                       probe="none" if device == "cuda" else Protocol.probe)
     return ProfileConfig(backend=backend, device=device, threads=threads,
                          spaces=tuple((x["name"], x["preset"]) for x in src.spaces()), batch=op_axis(b),
                          seq_len=op_axis(s), e2e=TRANSFER_E2E if e2e is None else e2e, seed=seed, protocol=protocol,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from latency.allocator import ALLOCATORS
-from latency.stats import VISIT_PROCESSES
+from latency.stats import PROBES, VISIT_PROCESSES
 from nas.errors import HwnasError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None], str]] = {}
@@ -192,6 +192,10 @@ def _profile_args(p):
                    help="one (default): every visit in this process; per_round: each round of visits in a fresh "
                         "process, so an entry's visits sample as many processes (eager torch draws a speed per "
                         "process and shape); recorded in the protocol")
+    p.add_argument("--probe", choices=PROBES, default=None,
+                   help="matmul (default on a CPU): time a fixed matmul beside every visit and scale the visit to "
+                        "the profile's reference speed, dividing out the machine's swings of a few per cent within "
+                        "seconds (a VM's); none (default on a GPU): raw visits; recorded in the protocol")
     p.add_argument("--close-partial", default=None, metavar="REASON",
                    help="close the interrupted profile OUT without measuring (its device is gone): retest and "
                         "roofline from what was measured, status partial with REASON; the same command without "

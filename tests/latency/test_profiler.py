@@ -180,10 +180,9 @@ def test_not_a_profile_folder_is_refused(tmp_path):
 
 
 def visit_keys(folder):
-    from latency.profiler import VISIT_COLUMNS, VISIT_KINDS
+    from latency.journal import read_visits
 
-    return [(r["graph"], r["batch"], r["seq_len"], r["visit"]) for r in
-            read_rows(folder / "visits.csv", VISIT_COLUMNS, VISIT_KINDS)]
+    return [(r["graph"], r["batch"], r["seq_len"], r["visit"]) for r in read_visits(folder / "visits.csv")]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -305,13 +304,13 @@ def test_warm_up_reaches_its_minimum_without_overshooting(run_s, runs):
 
 
 def test_whole_models_take_two_visits_and_a_third_only_when_they_disagree(tmp_path):
-    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
+    from latency.journal import read_visits
     from latency.stats import wants_retake
 
     protocol = replace(quick_protocol(Protocol()), visits=3, e2e_visits=2, max_visits=3, retake_spread=0.01)
     run_profile(tiny_config(protocol=protocol, search_like=False), tmp_path / "p")
     per_entry: dict = {}
-    for r in read_rows(tmp_path / "p" / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+    for r in read_visits(tmp_path / "p" / "visits.csv"):
         per_entry.setdefault((r["entry"], r["graph"], r["batch"], r["seq_len"]), []).append(r)
     e2e_rules = protocol.for_kind("e2e")
     for (entry, *_), got in per_entry.items():
@@ -331,7 +330,7 @@ def budget_run(tmp_path, monkeypatch, name, budget_s):
     from types import SimpleNamespace
 
     import latency.profiler as profiler
-    from latency.journal import VISIT_COLUMNS, VISIT_KINDS
+    from latency.journal import read_visits
 
     clock = [0.0]
     real = profiler.measure_visit
@@ -348,7 +347,7 @@ def budget_run(tmp_path, monkeypatch, name, budget_s):
     out = tmp_path / name
     result = run_profile(cfg, out)
     per_entry: dict = {}
-    for r in read_rows(out / "visits.csv", VISIT_COLUMNS, VISIT_KINDS):
+    for r in read_visits(out / "visits.csv"):
         per_entry.setdefault((r["entry"], r["graph"], r["batch"], r["seq_len"]), []).append(r["visit"])
     return out, result, per_entry, clock[0], plan_jobs(cfg)
 
