@@ -521,3 +521,63 @@ def test_an_unknown_visit_processes_rule_is_one_line(tmp_path):
     with pytest.raises(ProfileError, match="visit_processes 'per_visit' is none of one, per_round"):
         run_profile(cfg, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_every_visit_is_scaled_to_the_profiles_reference_probe_time(tiny_profile):
+    """``protocol.probe == "matmul"`` (the CPU default): profile.json holds the reference probe time, every visit
+    its own probe median and its milliseconds at the reference speed, the session how fast the machine ran."""
+    from latency.journal import read_visits
+
+    out, _ = tiny_profile
+    meta = json.loads((out / "profile.json").read_text())
+    assert meta["protocol"]["probe"] == "matmul"
+    ref = meta["probe"]["reference_ms"]
+    assert ref > 0 and meta["probe"]["samples"] >= 10 and "matmul" in meta["probe"]["workload"]
+    visits = read_visits(out / "visits.csv")
+    assert visits and all(v["probe_ms"] > 0 for v in visits)
+    ratio = meta["sessions"][0]["probe_vs_reference"]
+    assert 0.5 < ratio < 2  # one machine, minutes apart
+    assert ratio == pytest.approx(sorted(v["probe_ms"] for v in visits)[len(visits) // 2] / ref, rel=0.05)
+
+
+def test_the_journal_stores_a_visit_at_the_reference_speed(tmp_path):
+    """A visit whose probe read twice the reference ran on a machine twice as slow: its milliseconds are halved
+    (cv and n_runs kept), its raw probe stored; its entry's row comes from the scaled visits."""
+    from latency.journal import Journal, read_visits
+
+    job = plan_jobs(tiny_config(search_like=False))[0]
+    protocol = replace(quick_protocol(Protocol()), visits=2, e2e_visits=2, max_visits=2)  # no retake
+    raw = {"latency_p50_ms": 4.0, "latency_p10_ms": 3.8, "latency_p90_ms": 4.4, "mean_ms": 4.1, "sd_ms": 0.2,
+           "cv": 0.05, "n_runs": 9, "rse": 0.01, "stop": "stable"}
+    with Journal(tmp_path, [job], protocol, probe_reference_ms=0.25) as j:
+        j.add(job, 0, {**raw, "probe_ms": 0.5})
+        j.add(job, 1, {**raw, "probe_ms": 0.25})
+    v = read_visits(tmp_path / "visits.csv")
+    assert [x["latency_p50_ms"] for x in v] == [2.0, 4.0] and [x["sd_ms"] for x in v] == [0.1, 0.2]
+    assert [x["probe_ms"] for x in v] == [0.5, 0.25] and [x["n_runs"] for x in v] == [9, 9]
+    row = read_rows(tmp_path / ("ops.csv" if job.kind == "op" else "e2e.csv"),
+                    OPS_COLUMNS if job.kind == "op" else E2E_COLUMNS, OPS_KINDS if job.kind == "op" else E2E_KINDS)
+    assert row[0]["latency_p50_ms"] == 3.0  # the median of 2.0 and 4.0
+    with Journal(tmp_path / "b", [job], protocol) as j, pytest.raises(ValueError, match="reference probe time"):
+        j.add(job, 0, {**raw, "probe_ms": 0.5})  # no reference: refused, nothing half-scaled written
+
+
+def test_probe_none_measures_raw_visits_and_a_probed_folder_refuses_it(tiny_profile, tmp_path):
+    cfg = tiny_config(protocol=replace(quick_protocol(Protocol()), probe="none"), search_like=False)
+    out = tmp_path / "raw"
+    run_profile(cfg, out)
+    meta = json.loads((out / "profile.json").read_text())
+    assert meta["protocol"]["probe"] == "none" and "probe" not in meta
+    assert "probe_ms" not in (out / "visits.csv").read_text().splitlines()[0]
+    with pytest.raises(ProfileError, match=r"protocol.probe 'matmul' -> 'none'"):
+        run_profile(replace(tiny_config(), protocol=cfg.protocol), tiny_profile[0])
+
+
+def test_a_bad_or_gpu_probe_is_one_line_before_anything_is_written(tmp_path):
+    bad = tiny_config(protocol=replace(quick_protocol(Protocol()), probe="sleep"))
+    with pytest.raises(ProfileError, match="protocol.probe 'sleep' is none of matmul, none"):
+        run_profile(bad, tmp_path / "bad")
+    gpu = tiny_config(device="cuda", protocol=quick_protocol(Protocol()))
+    with pytest.raises(ProfileError, match="--probe none"):
+        run_profile(gpu, tmp_path / "gpu")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "gpu").exists()

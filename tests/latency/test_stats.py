@@ -152,3 +152,19 @@ def test_retake_rule():
     assert wants_retake([1.0, 1.1, 1.2, 1.11], p)  # 2 of 4 agree: not a majority
     assert not wants_retake([1.0, 1.1, 1.2, 1.11, 1.1], p)  # 5 visits: the most
     assert wants_retake([1.0, 1.12, 1.3, 1.5], p) and not wants_retake([1.0, 1.12, 1.3, 1.5, 1.7], p)  # at most 5
+
+
+def test_at_reference_scales_milliseconds_only_and_a_profile_before_the_probe_had_none():
+    from latency.stats import at_reference
+
+    v = {"latency_p50_ms": 3.0, "latency_p10_ms": 2.7, "latency_p90_ms": 3.6, "mean_ms": 3.1, "sd_ms": 0.3,
+         "cv": 0.1, "rse": 0.01, "n_runs": 12, "probe_ms": 0.3}
+    s = at_reference(v, 0.2)  # the machine ran 1.5x slower than at the reference
+    assert s["latency_p50_ms"] == 2.0 and s["latency_p90_ms"] == 2.4 and s["sd_ms"] == 0.2
+    assert {k: s[k] for k in ("cv", "rse", "n_runs", "probe_ms")} == {"cv": 0.1, "rse": 0.01, "n_runs": 12,
+                                                                       "probe_ms": 0.3}
+    assert at_reference(v, 0.3) == v
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="must be positive"):
+            at_reference({**v, "probe_ms": bad}, 0.2)
+    assert Protocol.from_dict({}).probe == "none" and Protocol().probe == "matmul"
