@@ -59,6 +59,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -262,7 +263,7 @@ def main() -> int:
         os.sched_setaffinity(0, {args.measure_core})
     from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
-    from latency.measure import EXPORT_CTX, measure_in_rounds, reference_rows, token_inputs
+    from latency.measure import EXPORT_CTX, measure_in_rounds, probe_reference, reference_rows, token_inputs
     from latency.stats import Protocol
 
     protocol = Protocol.from_dict(prof.meta["protocol"])
@@ -313,7 +314,8 @@ def main() -> int:
         for j, (_, arch, ctx) in enumerate(refs):  # measured like recheck's rows (measure_arch's default head)
             entries[f"ref{j}"] = be.prepare_arch(arch, token_inputs(pred.space(arch.space), EXPORT_CTX))
             be.bind(entries[f"ref{j}"], token_inputs(pred.space(arch.space), ctx))
-        stats = measure_in_rounds(be, entries, protocol, seed=args.seed)  # the profile's rounds and retakes
+        stats = measure_in_rounds(be, entries, protocol, seed=args.seed,  # the profile's rounds and retakes
+                                  probe_reference_ms=probe_reference(prof.meta))
         for r in entries.values():
             r.release()
     rounds_s = time.perf_counter() - t0
@@ -335,6 +337,9 @@ def main() -> int:
                "params": space.analytic_params(arch, cover["num_labels"]), "rounds": rounds,
                "search_s": round(search_s, 1), "aimed": aimed, "arch": arch.to_dict(), "verify": landings.get(i),
                "pick": role[i] if args.verify else None}
+        if "latency_at_reference_ms" in stats[i]:  # the probe's reading of the machine divided out
+            row["probe_vs_reference"] = stats[i]["probe_vs_reference"]
+            row["measured_at_reference_ms"] = stats[i]["latency_at_reference_ms"]
         rows.append(row)
         print(f"{space.name:8s} {str(ctx):8s} budget {budget:8.3f} ms  predicted {predicted:8.3f}  measured "
               f"{meas:8.3f} ({row['measured_over_budget_pct']:+.1f}%)  one measure call {single[i]:8.3f}", flush=True)
@@ -360,6 +365,7 @@ def main() -> int:
               "profile_rows_vs_measure_call": agreement,
               "drift_adjusted": drift_adjusted(rows, agreement, rechecked["factor"] if rechecked else 1.0),
               "drift_in_rounds": in_rounds,
+              "probe_adjusted": probe_adjusted(rows, rechecked["factor"] if rechecked else 1.0),
               "measurement": f"the profile's protocol for whole models: {visits} visits in shuffled rounds over all "
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
@@ -380,10 +386,38 @@ def main() -> int:
               f"{in_rounds['median_signed_diff_pct']:+.2f} % (drift over the speed carried {in_rounds['drift_pct']:+.2f} %); "
               f"with it divided out {in_rounds['within_target']}/{len(rows)} within target, predicted vs measured "
               f"within +-5 % {in_rounds['predicted_within_5_pct']:.0%}")
+    if result["probe_adjusted"]:
+        pa = result["probe_adjusted"]
+        print(f"the probe read the machine {pa['probe_vs_reference_pct']:+.2f} % against the profile's reference; "
+              f"each model at the speed its search assumed: {pa['within_target']}/{len(rows)} within target, "
+              f"predicted vs measured within +-5 % {pa['predicted_within_5_pct']:.0%}")
     if result["by_verify"]:
         print("by pick: " + "; ".join(f"{k} {v['within_target']}/{v['total']} within target, {v['met']} at or under"
                                       for k, v in result["by_verify"].items()))
     return 0
+
+
+def probe_adjusted(rows: list[dict], carried: float) -> dict | None:
+    """The searched models judged at the speed their searches assumed, by the probe (a profile measured with
+    ``protocol.probe``): each model's visits scaled to the profile's reference probe time
+    (``measured_at_reference_ms``), times the speed factor the predictor carried (``carried``; 1 without a recheck):
+    the share within [0.90, 1.05] x budget and within +-5 % of the prediction; None when the rows have no probe.
+
+    >>> r = [{"measured_at_reference_ms": 1.0, "probe_vs_reference": 1.04, "budget_ms": 1.06, "predicted_latency_ms": 1.03}]
+    >>> probe_adjusted(r, 1.02)["within_target"], probe_adjusted(r, 1.02)["probe_vs_reference_pct"]
+    (1, 4.0)
+    """
+    got = [r for r in rows if r.get("measured_at_reference_ms") is not None]
+    if not got:
+        return None
+    at = [r["measured_at_reference_ms"] * carried for r in got]
+    return {"n": len(got), "carried_factor": carried,
+            "probe_vs_reference_pct": round(100 * (statistics.median(r["probe_vs_reference"] for r in got) - 1), 2),
+            "within_target": sum(0.9 * r["budget_ms"] <= m <= 1.05 * r["budget_ms"] for r, m in zip(got, at)),
+            "predicted_within_5_pct": sum(abs(m / r["predicted_latency_ms"] - 1) <= 0.05 for r, m in zip(got, at))
+            / len(got),
+            "note": "each model's visits scaled by the profile's reference probe time over their own probe "
+                    "(latency.stats.at_reference), times the recheck factor its search carried"}
 
 
 if __name__ == "__main__":

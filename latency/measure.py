@@ -23,7 +23,15 @@ import torch
 
 from latency.allocator import apply_allocator
 from latency.backends.base import Backend, Runnable, get_backend
-from latency.stats import Protocol, combine_visits, next_chunk, stop_reason, summarize, wants_retake
+from latency.stats import (
+    Protocol,
+    at_reference,
+    combine_visits,
+    next_chunk,
+    stop_reason,
+    summarize,
+    wants_retake,
+)
 from nas.spaces.ops import Context
 
 EXPORT_CTX = Context(2, 16)  # example shape graphs are exported (traced) at; axes stay dynamic
@@ -145,7 +153,7 @@ def measure_runnable(backend: Backend, runnable: Runnable, protocol: Protocol, t
 
 
 def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: Protocol, kind: str = "e2e",
-                      seed: int = 0) -> dict[str, dict]:
+                      seed: int = 0, probe_reference_ms: float | None = None) -> dict[str, dict]:
     """Time prepared runnables the profiler's way: ``visits`` rounds (of ``kind``'s rules), each visiting every
     entry once in its own seeded order, then extra rounds for the entries whose visits disagree
     (:func:`wants_retake`), up to ``max_visits``. Each visit follows ``protocol.for_kind(kind)``. Returns per entry
@@ -155,35 +163,58 @@ def measure_in_rounds(backend: Backend, entries: dict[str, Runnable], protocol: 
 
     With one entry this is what ``hwnas measure`` does; with several (a student, its teacher and BERT-base) the
     rounds interleave them, so slow drift of the machine moves all alike.
+
+    Under ``protocol.probe`` (not ``none``; never on a GPU) the :class:`Probe` is timed beside every visit and each
+    entry also gets ``probe_ms`` (the median of its visits' probe medians); with ``probe_reference_ms`` (a profile's
+    ``probe.reference_ms``) also ``probe_vs_reference`` and ``latency_at_reference_ms``, the p50 of its visits each
+    scaled to that reference (:func:`latency.stats.at_reference`): what the profile's rows hold, the machine's
+    moment divided out. Retakes then follow the scaled visits, as the profiler's do; the other fields stay raw.
     """
     rules = protocol.for_kind(kind)
     allocator = apply_allocator(protocol.allocator)
     backend.settle()
+    probe = Probe(backend.threads) if protocol.probe != "none" and backend.device != "cuda" else None
+    scale = probe is not None and probe_reference_ms is not None
+
+    def judged(x: dict) -> dict:
+        return at_reference(x, probe_reference_ms) if scale else x
+
     for r in entries.values():  # every session is fresh here
         warm_up_fresh(backend, r, protocol)
     visits: dict[str, list[dict]] = {k: [] for k in entries}
     for v in range(max(rules.visits, rules.max_visits)):
         order = [k for k in entries if v < rules.visits or wants_retake(
-            [x["latency_p50_ms"] for x in visits[k]], rules)]
+            [judged(x)["latency_p50_ms"] for x in visits[k]], rules)]
         if not order:
             break
         random.Random(f"{seed}:visit{v}").shuffle(order)
         for name in order:
             faults: list[int] = []
-            samples, reason = measure_runnable(backend, entries[name], rules, faults=faults)
+            probe_s: list[float] = []
+            samples, reason = measure_runnable(backend, entries[name], rules, faults=faults, probe=probe,
+                                               probe_s=probe_s)
             visits[name].append({**summarize(samples, protocol.rse_method), "stop": reason,
-                                 "faults_per_run": faults[0] / len(samples) if faults and samples else None})
+                                 "faults_per_run": faults[0] / len(samples) if faults and samples else None,
+                                 **({"probe_ms": round(statistics.median(probe_s) * 1e3, 6)} if probe else {})})
     out = {}
     for k, v in visits.items():
         per_run = [x["faults_per_run"] for x in v if x["faults_per_run"] is not None]
         out[k] = {**combine_visits(v, protocol.statistic),
                   "faults_per_run": round(statistics.median(per_run), 1) if per_run else None, "allocator": allocator}
+        if probe is not None:
+            out[k]["probe_ms"] = round(statistics.median(x["probe_ms"] for x in v), 6)
+        if scale:
+            out[k]["probe_vs_reference"] = round(out[k]["probe_ms"] / probe_reference_ms, 4)
+            out[k]["latency_at_reference_ms"] = combine_visits([judged(x) for x in v], protocol.statistic)[
+                "latency_p50_ms"]
     return out
 
 
-def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, kind: str = "e2e") -> dict:
+def measure_visits(backend: Backend, runnable: Runnable, protocol: Protocol, kind: str = "e2e",
+                   probe_reference_ms: float | None = None) -> dict:
     """One entry on its own, visited as the profiler visits its entries (:func:`measure_in_rounds`)."""
-    return measure_in_rounds(backend, {"entry": runnable}, protocol, kind)["entry"]
+    return measure_in_rounds(backend, {"entry": runnable}, protocol, kind,
+                             probe_reference_ms=probe_reference_ms)["entry"]
 
 
 def token_inputs(space, ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -195,7 +226,8 @@ def token_inputs(space, ctx: Context, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", device: str = "cpu", threads: int = 1,
-                 protocol: Protocol | None = None, num_labels: int = 2) -> dict:
+                 protocol: Protocol | None = None, num_labels: int = 2, probe_reference_ms: float | None = None
+                 ) -> dict:
     """Time one architecture end to end at one Context (exported model on onnxruntime, eager on torch).
 
     Args:
@@ -204,8 +236,11 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
         backend: a backend name (``onnxruntime``, ``torch``) or an open :class:`Backend` (then ``device`` and
             ``threads`` are its own).
         protocol: the measurement protocol (default: :class:`Protocol`'s, whole-architecture time cap).
+        probe_reference_ms: a profile's reference probe time (``profile.json`` ``probe.reference_ms``): also
+            ``probe_vs_reference`` and ``latency_at_reference_ms`` (:func:`measure_in_rounds`).
     Returns:
-        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, visits, visit_spread, faults_per_run`` plus
+        ``latency_p50_ms, latency_p10_ms, latency_p90_ms, cv, n_runs, visits, visit_spread, faults_per_run`` (and
+        under a probe ``probe_ms``) plus
         ``batch, seq_len, flops, params, arch_json, space, preset`` and the backend's ``backend, version, device,
         threads``.
     """
@@ -223,7 +258,7 @@ def measure_arch(arch, ctx: Context, backend: str | Backend = "onnxruntime", dev
         inputs = token_inputs(space, ctx)
         runnable = be.prepare_arch(arch, token_inputs(space, EXPORT_CTX), num_labels=num_labels)
         be.bind(runnable, inputs)
-        result = measure_visits(be, runnable, protocol)
+        result = measure_visits(be, runnable, protocol, probe_reference_ms=probe_reference_ms)
         runnable.release()
     finally:
         if own:
@@ -326,6 +361,18 @@ def speed_warning(ratio: float | None, profile: str, tol: float = SPEED_TOLERANC
                    "NEW`, about 3 minutes) and search with NEW")
 
 
+def probe_reference(meta: dict) -> float | None:
+    """A profile's reference probe time (``profile.json`` ``probe.reference_ms``) where it was measured with a
+    probe, else None.
+
+    >>> probe_reference({"protocol": {"probe": "matmul"}, "probe": {"reference_ms": 0.28}}), probe_reference({})
+    (0.28, None)
+    """
+    if (meta.get("protocol") or {}).get("probe", "none") == "none":
+        return None
+    return (meta.get("probe") or {}).get("reference_ms")
+
+
 RECHECK_MAX = 0.15  # a recheck farther off than this is not drift but another machine: re-profile instead
 
 
@@ -349,7 +396,10 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     profile's latencies are to be multiplied by), ``factor_se_pct`` its standard error (:func:`factor_se`, in %),
     ``unsteady`` whether that is above :data:`UNSTEADY_SE` (the rows disagree on the machine's speed),
     ``rows_faulting`` the rows whose runs page-faulted (:func:`fault_warning`: their time depends on the allocator's
-    state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). A machine's speed can change by
+    state, not only the machine's speed) and ``rows`` the pairs (profile ms, now ms). For a profile measured with a
+    probe also ``probe_vs_reference`` (the probe now over the profile's reference, median over the rows: the
+    machine's speed by the probe alone, above 1 slower) and ``factor_at_reference`` (the rows' factor with each
+    visit scaled to the reference: what the probe does not explain). A machine's speed can change by
     several percent (``benchmarks/README.md``: the Zen 5 VM read 5-7 % slower than its profile two to three hours
     later, in states that flip within minutes); a search aims at a budget, so a predictor can carry this factor
     (:meth:`latency.predictor.Predictor.set_speed`, ``hwnas recheck --apply``).
@@ -366,18 +416,24 @@ def recheck(prof, n: int = 16, seed: int = 0) -> dict:
     test = test if len(test) else prof.e2e
     backend = prof.meta["backend"]
     protocol = Protocol.from_dict(prof.meta["protocol"])
-    pairs, faulting = [], 0
+    reference = probe_reference(prof.meta)
+    pairs, faulting, at_ref, probes = [], 0, [], []
     for _, r in test.sample(n=min(n, len(test)), random_state=seed).iterrows():
         m = measure_arch(Architecture.from_json(r["arch_json"]), Context(int(r["batch"]), int(r["seq_len"])),
                          backend=backend["name"], device=backend.get("device", "cpu"),
-                         threads=int(backend["threads"]), protocol=protocol)
+                         threads=int(backend["threads"]), protocol=protocol, probe_reference_ms=reference)
         pairs.append((float(r["latency_p50_ms"]), float(m["latency_p50_ms"])))
         faulting += fault_warning(m) is not None
+        if "latency_at_reference_ms" in m:
+            at_ref.append(m["latency_at_reference_ms"] / float(r["latency_p50_ms"]))
+            probes.append(m["probe_vs_reference"])
     agree = {k: v for k, v in retest_agreement([a for a, _ in pairs], [b for _, b in pairs]).items()
              if k != "within_2pct"}
     se = factor_se([b / a for a, b in pairs])
+    probed = ({"probe_vs_reference": round(statistics.median(probes), 4),
+               "factor_at_reference": round(statistics.median(at_ref), 4)} if at_ref else {})
     return {**agree, "factor": 1 + agree["median_signed_diff_pct"] / 100, "factor_se_pct": round(100 * se, 3),
-            "unsteady": se > UNSTEADY_SE, "rows_faulting": faulting, "rows": pairs}
+            "unsteady": se > UNSTEADY_SE, "rows_faulting": faulting, **probed, "rows": pairs}
 
 
 UNSTEADY_SE = 0.015  # a recheck whose factor's standard error is above this (a fraction) read a machine whose

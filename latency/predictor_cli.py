@@ -100,6 +100,9 @@ def recheck_cli(args) -> int:
     lines = [f"{prof.name}: {r['n']} whole-model rows re-measured: {drift:+.2f} % against the profile (median; "
              f"|diff| median {r['median_abs_diff_pct']:.2f} %, p90 {r['p90_abs_diff_pct']:.2f} %; the factor's "
              f"standard error {r['factor_se_pct']:.1f} %)",
+             *([f"the probe reads this machine {100 * (r['probe_vs_reference'] - 1):+.2f} % against the profile's "
+                f"reference speed; with each visit scaled by it the rows read "
+                f"{100 * (r['factor_at_reference'] - 1):+.2f} %"] if "probe_vs_reference" in r else []),
              f"wrote speed factor {r['factor']:.4f} into {prof.path / 'predictor.json'}" if args.apply else
              f"predictions would scale by {r['factor']:.4f}; write it with --apply (a refit drops it)"]
     if r["unsteady"]:

@@ -154,7 +154,7 @@ def measure_main(args) -> int:
     """``hwnas measure arch.json``: one architecture end to end under the default protocol."""
     import json
 
-    from latency.measure import fault_warning, measure_arch
+    from latency.measure import fault_warning, measure_arch, probe_reference
     from nas.arch import Architecture
 
     processes = getattr(args, "processes", 1)
@@ -163,6 +163,7 @@ def measure_main(args) -> int:
     arch = Architecture.load(args.arch)
     backend, device, threads = args.backend, args.device or "cpu", args.threads
     protocol = cuda_protocol(Protocol()) if device == "cuda" else Protocol()
+    reference = None
     if getattr(args, "profile", None):  # the profile's backend, threads and protocol: comparable with its rows
         from latency.table import check_device_here, read_meta, resolve
 
@@ -171,15 +172,18 @@ def measure_main(args) -> int:
         b = meta["backend"]
         backend, device, threads = b["name"], b.get("device", "cpu"), int(b["threads"])
         protocol = Protocol.from_dict(meta["protocol"])
+        reference = probe_reference(meta)
     ctx = Context(args.batch, args.seq_len)
     if processes > 1:
         r = measure_in_processes(args, processes)
     else:
-        r = measure_arch(arch, ctx, backend=backend, device=device, threads=threads, protocol=protocol)
+        r = measure_arch(arch, ctx, backend=backend, device=device, threads=threads, protocol=protocol,
+                         probe_reference_ms=reference)
         r["protocol"] = protocol.to_dict()
         r["fault_warning"] = fault_warning(r)
     if getattr(args, "profile", None):
-        r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"], faulted=bool(r["fault_warning"])))
+        r.update(_against_profile(args.profile, arch, ctx, r["latency_p50_ms"], faulted=bool(r["fault_warning"]),
+                                  at_reference_ms=r.get("latency_at_reference_ms")))
     if args.json:
         print(json.dumps(r))
     else:
@@ -192,8 +196,13 @@ def measure_main(args) -> int:
             per = r["processes"]
             print(f"median of {per['n']} fresh processes: p50 " + " / ".join(f"{x:.3f}" for x in per["latency_p50_ms"])
                   + f" ms (slowest / fastest {per['slowest_over_fastest']:.3f})")
+        if r.get("latency_at_reference_ms") is not None:
+            print(f"at {args.profile}'s reference speed (the probe read this machine "
+                  f"{100 * (r['probe_vs_reference'] - 1):+.1f} % against it): p50 {r['latency_at_reference_ms']:.3f} ms")
         if r.get("predicted_latency_ms") is not None:
-            print(f"{args.profile} predicts {r['predicted_latency_ms']:.3f} ms: measured {r['measured_vs_predicted']:.3f}x")
+            print(f"{args.profile} predicts {r['predicted_latency_ms']:.3f} ms: measured {r['measured_vs_predicted']:.3f}x"
+                  + (f" (at its reference speed {r['at_reference_vs_predicted']:.3f}x its prediction before any "
+                     f"recheck factor)" if r.get("at_reference_vs_predicted") is not None else ""))
         for w in ("speed_warning", "fault_warning"):
             if r.get(w):
                 print("warning: " + r[w])
@@ -234,19 +243,26 @@ def measure_in_processes(args, n: int) -> dict:
             "processes": {"n": n, "latency_p50_ms": p50, "slowest_over_fastest": max(p50) / min(p50)}}
 
 
-def _against_profile(profile: str, arch, ctx: Context, measured_ms: float, faulted: bool = False) -> dict:
+def _against_profile(profile: str, arch, ctx: Context, measured_ms: float, faulted: bool = False,
+                     at_reference_ms: float | None = None) -> dict:
     """What ``profile``'s predictor says of ``arch`` at ``ctx`` next to the measurement: ``predicted_latency_ms``,
     ``measured_vs_predicted`` and ``speed_warning`` (None within tolerance); ``predictor_note`` instead when the
-    profile has no usable predictor or it does not cover the architecture."""
+    profile has no usable predictor or it does not cover the architecture. With ``at_reference_ms`` (the
+    measurement at the profile's reference probe speed) also ``at_reference_vs_predicted``, against the prediction
+    without the speed factor a recheck may have written (the rows the predictor was fitted on are at that speed)."""
     from latency.measure import speed_ratio, speed_warning
     from latency.predictor import load_predictor
     from latency.table import resolve
     from nas.errors import HwnasError
 
     try:
-        predicted = float(load_predictor(resolve(profile)).predict(arch, ctx))
+        pred = load_predictor(resolve(profile))
+        predicted = float(pred.predict(arch, ctx))
     except HwnasError as e:
         return {"predicted_latency_ms": None, "predictor_note": str(e)}
     ratio = speed_ratio([(predicted, measured_ms)])
-    return {"predicted_latency_ms": predicted, "measured_vs_predicted": ratio,
-            "speed_warning": speed_warning(ratio, profile, faulted=faulted)}
+    out = {"predicted_latency_ms": predicted, "measured_vs_predicted": ratio,
+           "speed_warning": speed_warning(ratio, profile, faulted=faulted)}
+    if at_reference_ms is not None:
+        out["at_reference_vs_predicted"] = speed_ratio([(predicted / pred.speed, at_reference_ms)])
+    return out

@@ -102,6 +102,7 @@ def test_recheck_measures_the_profiles_rows_and_applies_a_speed_factor(real_tiny
     assert out["n"] == 3 and out["applied"] is False and out["factor"] == pytest.approx(
         1 + out["median_signed_diff_pct"] / 100)
     assert out["unsteady"] == (out["factor_se_pct"] > 1.5)
+    assert 0.5 < out["probe_vs_reference"] < 2 and 0.5 < out["factor_at_reference"] < 2  # a profile with a probe
     assert load_predictor(prof_dir).speed == 1.0  # without --apply nothing is written
     assert main(["recheck", str(prof_dir), "--rows", "3", "--apply", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

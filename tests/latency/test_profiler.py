@@ -581,3 +581,24 @@ def test_a_bad_or_gpu_probe_is_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(ProfileError, match="--probe none"):
         run_profile(gpu, tmp_path / "gpu")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "gpu").exists()
+
+
+def test_measure_reads_a_model_at_the_profiles_reference_speed(monkeypatch):
+    """With a profile's reference probe time, every visit is also scaled to it: a probe reading twice the reference
+    (a machine twice as slow) halves the latency at the reference; the raw fields stay raw. Without a probe in the
+    protocol nothing of it is timed or reported."""
+    import latency.measure as m
+    from nas.spaces import get_space
+    from nas.spaces.ops import Context
+
+    monkeypatch.setattr(m.Probe, "samples", lambda self, n: [0.0006] * n)  # 0.6 ms, twice the 0.3 ms reference
+    arch = get_space("nasbert", "tiny").sample(0)
+    quick = quick_protocol(Protocol())
+    r = m.measure_arch(arch, Context(1, 16), backend="torch", protocol=quick, probe_reference_ms=0.3)
+    assert r["probe_ms"] == 0.6 and r["probe_vs_reference"] == 2.0
+    assert r["latency_at_reference_ms"] == pytest.approx(r["latency_p50_ms"] / 2, abs=2e-6)
+    plain = m.measure_arch(arch, Context(1, 16), backend="torch", protocol=quick)
+    assert plain["probe_ms"] == 0.6 and "latency_at_reference_ms" not in plain  # no reference: read, not scaled
+    raw = m.measure_arch(arch, Context(1, 16), backend="torch", protocol=replace(quick, probe="none"),
+                         probe_reference_ms=0.3)
+    assert "probe_ms" not in raw and "latency_at_reference_ms" not in raw
