@@ -365,7 +365,7 @@ def main() -> int:
               "profile_rows_vs_measure_call": agreement,
               "drift_adjusted": drift_adjusted(rows, agreement, rechecked["factor"] if rechecked else 1.0),
               "drift_in_rounds": in_rounds,
-              "probe_adjusted": probe_adjusted(rows, rechecked["factor"] if rechecked else 1.0),
+              "probe_adjusted": probe_adjusted(rows, (rechecked or {}).get("probe_vs_reference", 1.0)),
               "measurement": f"the profile's protocol for whole models: {visits} visits in shuffled rounds over all "
                              "architectures (latency.measure.measure_in_rounds), more visits for an entry whose "
                              f"visits spread over {protocol.retake_spread:.0%} (up to {protocol.max_visits}), median "
@@ -388,8 +388,9 @@ def main() -> int:
               f"within +-5 % {in_rounds['predicted_within_5_pct']:.0%}")
     if result["probe_adjusted"]:
         pa = result["probe_adjusted"]
-        print(f"the probe read the machine {pa['probe_vs_reference_pct']:+.2f} % against the profile's reference; "
-              f"each model at the speed its search assumed: {pa['within_target']}/{len(rows)} within target, "
+        print(f"the probe read the machine {pa['probe_vs_reference_pct']:+.2f} % against the profile's reference "
+              f"({100 * (pa['assumed_probe_vs_reference'] - 1):+.2f} % when the search's speed was taken); each model "
+              f"at that speed: {pa['within_target']}/{len(rows)} within target, "
               f"predicted vs measured within +-5 % {pa['predicted_within_5_pct']:.0%}")
     if result["by_verify"]:
         print("by pick: " + "; ".join(f"{k} {v['within_target']}/{v['total']} within target, {v['met']} at or under"
@@ -397,11 +398,13 @@ def main() -> int:
     return 0
 
 
-def probe_adjusted(rows: list[dict], carried: float) -> dict | None:
-    """The searched models judged at the speed their searches assumed, by the probe (a profile measured with
-    ``protocol.probe``): each model's visits scaled to the profile's reference probe time
-    (``measured_at_reference_ms``), times the speed factor the predictor carried (``carried``; 1 without a recheck):
-    the share within [0.90, 1.05] x budget and within +-5 % of the prediction; None when the rows have no probe.
+def probe_adjusted(rows: list[dict], assumed: float) -> dict | None:
+    """The searched models judged at the machine speed their searches assumed, by the probe (a profile measured
+    with ``protocol.probe``): each model's visits scaled to the profile's reference probe time
+    (``measured_at_reference_ms``), times the probe's reading when the search's speed factor was taken (``assumed``:
+    the recheck's ``probe_vs_reference``; 1, the reference, without a recheck): the share within [0.90, 1.05] x
+    budget and within +-5 % of the prediction; None when the rows have no probe. What the recheck's factor held
+    beyond the probe (``factor_at_reference``) stays in both the prediction and the model's own reading.
 
     >>> r = [{"measured_at_reference_ms": 1.0, "probe_vs_reference": 1.04, "budget_ms": 1.06, "predicted_latency_ms": 1.03}]
     >>> probe_adjusted(r, 1.02)["within_target"], probe_adjusted(r, 1.02)["probe_vs_reference_pct"]
@@ -410,14 +413,14 @@ def probe_adjusted(rows: list[dict], carried: float) -> dict | None:
     got = [r for r in rows if r.get("measured_at_reference_ms") is not None]
     if not got:
         return None
-    at = [r["measured_at_reference_ms"] * carried for r in got]
-    return {"n": len(got), "carried_factor": carried,
+    at = [r["measured_at_reference_ms"] * assumed for r in got]
+    return {"n": len(got), "assumed_probe_vs_reference": assumed,
             "probe_vs_reference_pct": round(100 * (statistics.median(r["probe_vs_reference"] for r in got) - 1), 2),
             "within_target": sum(0.9 * r["budget_ms"] <= m <= 1.05 * r["budget_ms"] for r, m in zip(got, at)),
             "predicted_within_5_pct": sum(abs(m / r["predicted_latency_ms"] - 1) <= 0.05 for r, m in zip(got, at))
             / len(got),
             "note": "each model's visits scaled by the profile's reference probe time over their own probe "
-                    "(latency.stats.at_reference), times the recheck factor its search carried"}
+                    "(latency.stats.at_reference), times the probe's reading at the recheck its search carried"}
 
 
 if __name__ == "__main__":
