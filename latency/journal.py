@@ -57,6 +57,7 @@ def read_visits(path: Path) -> list[dict]:
             header = next(csv.reader(f), None)
     return read_rows(path, with_probe if header == with_probe else VISIT_COLUMNS, VISIT_KINDS)
 
+
 def visit_graph(kind: str, graph: str) -> str:
     """An entry's ``graph`` in ``visits.csv``: the op key, or ``arch:`` + 16 hex digits of the SHA-1 of the
     architecture's JSON.

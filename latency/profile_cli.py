@@ -237,7 +237,8 @@ def measure_in_processes(args, n: int) -> dict:
     warnings = [x["fault_warning"] for x in runs if x.get("fault_warning")]
     faults = [x["faults_per_run"] for x in runs if x.get("faults_per_run") is not None]
     return {**runs[0], **{k: statistics.median(float(x[k]) for x in runs) for k in
-                          ("latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv")},
+                          ("latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "cv", "probe_ms",
+                           "probe_vs_reference", "latency_at_reference_ms") if k in runs[0]},
             "n_runs": sum(int(x["n_runs"]) for x in runs), "faults_per_run": statistics.median(faults) if faults else None,
             "fault_warning": warnings[0] if warnings else None,
             "processes": {"n": n, "latency_p50_ms": p50, "slowest_over_fastest": max(p50) / min(p50)}}

@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "sitting_agreement.py"
-TORCH = ROOT / "profiles" / "amd-epyc-f26m2-2c_torch-2.13_t1"
+# a frozen torch sitting (the shipped profile until 2026-12-06 17:08), so the figures below do not move when
+# the shipped profile is re-measured
+TORCH = ROOT / "benchmarks" / "results" / "sittings" / "amd-epyc-f26m2-2c_torch-2.13_t1_2026-12-05T2203"
 ORT = ROOT / "profiles" / "amd-epyc-f26m2-2c_ort-1.31_t1"
 
 
