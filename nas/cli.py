@@ -95,7 +95,12 @@ def cmd_list(args):
         from latency.table import list_profiles
 
         rows = {p["name"]: p for p in list_profiles()}
-        lines = [f"{k}  {v}" for k, v in rows.items()] or ["no profiles yet; create one with `hwnas profile`"]
+        width = max((len(k) for k in rows), default=0)
+        lines = [f"{k:<{width}}  " + (f"unreadable: {v['error']}" if "error" in v else
+                 f"{v['backend']} {v['version']}, {v['device']}, {v['threads']} thread(s), {v['gpu'] or v['cpu']}: "
+                 f"{v['ops_rows']} op + {v['e2e_rows']} e2e rows, {v['status']}, {str(v['created'])[:16]}"
+                 + ("  (this CPU)" if v.get("this_cpu") else "")) for k, v in rows.items()] or [
+            "no profiles yet; create one with `hwnas profile`"]
     emit(rows, args.json, "\n".join(lines))
 
 

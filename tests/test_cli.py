@@ -51,8 +51,10 @@ def test_list(capsys):
     assert isinstance(run_json(capsys, "list", "profiles"), dict)  # may be empty
     rc, out, _ = run(capsys, "list", "ops")
     assert rc == 0 and out.splitlines()[0].startswith("conv:dilation,k")
-    rc, _, err = run(capsys, "list", "profiles")
-    assert rc == 0 and not err
+    rc, out, err = run(capsys, "list", "profiles")
+    assert rc == 0 and not err and "{" not in out  # one readable line per profile, not a dict
+    for line, name in zip(out.splitlines(), sorted(run_json(capsys, "list", "profiles"))):
+        assert line.startswith(name + " ") and ("e2e rows" in line or "unreadable" in line)
 
 
 def test_sample_is_deterministic(capsys, tmp_path):
