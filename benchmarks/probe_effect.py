@@ -72,10 +72,11 @@ def live(prof, n_models: int, rounds: int, seed: int) -> dict:
     from latency.allocator import apply_allocator
     from latency.backends.base import get_backend
     from latency.measure import Probe, token_inputs
+    from latency.stats import Protocol
     from nas.arch import Architecture
     from nas.spaces.ops import Context
 
-    allocator = apply_allocator((prof.meta.get("protocol") or {}).get("allocator", "no_mmap"))
+    allocator = apply_allocator(Protocol.from_dict(prof.meta.get("protocol") or {}).allocator)
     threads = int(prof.meta["backend"]["threads"])
     torch.set_num_threads(threads)
     matmul = Probe(threads)

@@ -53,3 +53,18 @@ def test_a_profile_without_a_probe_or_missing_is_one_line(tmp_path, benchmark_mo
     with pytest.raises(SystemExit, match="probe_effect.py: .*nosuch"):
         pe.main(["--profile", str(tmp_path / "nosuch"), "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_live_reports_each_models_spread_raw_and_over_each_probe(benchmark_module):
+    """A few visits of two models (the numbers are this machine's; only their shape is checked here)."""
+    import math
+
+    from latency.profile_data import read_profile
+
+    pe = benchmark_module("probe_effect")
+    out = pe.live(read_profile(TORCH), 2, 3, seed=0)
+    assert [m["space"] for m in out["models"]] == ["adabert", "nasbert"] and out["rounds"] == 3
+    for m in out["models"]:
+        assert m["context"] == "b1_s128" and m["model_ms"] > 0 and math.isfinite(m["slope_on_matmul"])
+        assert all(m[f"spread_over_{k}_pct"] >= 0 for k in ("matmul", "relu_1mb", "conv1d"))
+    assert set(out["summary"]) >= {"median_spread_raw_pct", "median_spread_over_matmul_pct", "median_slope_on_matmul"}
