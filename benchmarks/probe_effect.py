@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import random
 import shutil
@@ -137,21 +136,28 @@ def live(prof, n_models: int, rounds: int, seed: int) -> dict:
 
 
 def raw_copy(prof, dst: Path) -> None:
-    """``dst``: the profile with every visit and row back at the moment's speed (no probe scaling)."""
+    """``dst``: the profile with every visit and row back at the moment's speed (no probe scaling): each row
+    combined from its raw visits as the journal combines them (:func:`latency.stats.combine_visits` under the
+    profile's ``statistic``)."""
+    from latency.journal import read_visits, visit_graph
+    from latency.stats import SCALED, Protocol, combine_visits
+
     ref = prof.meta["probe"]["reference_ms"]
+    statistic = Protocol.from_dict(prof.meta["protocol"]).statistic
     for name in ("profile.json", "ops.csv", "e2e.csv"):
         shutil.copy(prof.path / name, dst / name)
-    v = pd.read_csv(prof.path / "visits.csv")
-    for c in LATENCY:
-        v[c] = v[c] * v["probe_ms"] / ref
-    v = v[~v["graph"].str.startswith("retest:")]
-    med = v.groupby(["graph", "batch", "seq_len"])[list(LATENCY)].median()
-    for name, key in (("ops.csv", lambda r: r["op_key"]),
-                      ("e2e.csv", lambda r: "arch:" + hashlib.sha1(r["arch_json"].encode()).hexdigest()[:16])):
+    visits: dict[tuple, list[dict]] = {}
+    for v in read_visits(prof.path / "visits.csv"):
+        if not v["graph"].startswith("retest:"):
+            f = v["probe_ms"] / ref
+            visits.setdefault((v["graph"], v["batch"], v["seq_len"]), []).append(
+                {**v, **{c: v[c] * f for c in SCALED}})
+    for name, kind, key in (("ops.csv", "op", "op_key"), ("e2e.csv", "e2e", "arch_json")):
         t = pd.read_csv(prof.path / name, keep_default_na=False)
         for i, r in t.iterrows():
+            raw = combine_visits(visits[(visit_graph(kind, r[key]), int(r["batch"]), int(r["seq_len"]))], statistic)
             for c in LATENCY:
-                t.at[i, c] = round(float(med.loc[(key(r), r["batch"], r["seq_len"]), c]), 6)
+                t.at[i, c] = raw[c]
         t.to_csv(dst / name, index=False)
 
 

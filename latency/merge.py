@@ -64,7 +64,7 @@ def check_mergeable(profiles: list) -> None:
     """Refuse, in one line, profiles that do not measure the same thing: another device, library version, backend,
     grid, space or measuring rule (protocol fields that only change how often an entry is visited may differ)."""
     first = profiles[0]
-    for p in [first, *profiles[1:]]:
+    for p in profiles:
         _refuse_unmergeable(str(p.path), p.meta)
     for p in profiles[1:]:
         diffs = [d for d in compat_differences(first.meta, p.meta)

@@ -41,6 +41,7 @@ from latency.measure import (  # noqa: F401
     check_context,
     measure_arch,
     measure_runnable,
+    probe_reference,
     token_inputs,
     warm_up_fresh,
 )
@@ -604,8 +605,8 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
             retest = [] if meta.get("retest") else retest_sample(jobs, cfg.protocol)
             derived = meta.get("derived_archs")
             later = derived_jobs(cfg, derived, jobs) if derived else []
-            journal = Journal(folder, jobs + retest + later, cfg.protocol,
-                              (meta.get("probe") or {}).get("reference_ms"))
+            reference = probe_reference(meta)  # None without a probe
+            journal = Journal(folder, jobs + retest + later, cfg.protocol, reference)
             graphs = Graphs(backend, cfg.seed, cfg.protocol.e2e_session)
             per_round = RoundProcess(cfg, folder / ".work") if cfg.protocol.visit_processes == "per_round" else None
             clock_log = ClockLog(folder, enabled=cfg.device == "cuda")
@@ -626,8 +627,7 @@ def run_profile(cfg: ProfileConfig, out: str | os.PathLike, force_new: bool = Fa
                     per_round.close()
                     session["round_processes"] = per_round.started
             if journal.probes_now:  # how fast the machine ran this session, against the profile's reference
-                session["probe_vs_reference"] = round(statistics.median(journal.probes_now)
-                                                      / meta["probe"]["reference_ms"], 4)
+                session["probe_vs_reference"] = round(statistics.median(journal.probes_now) / reference, 4)
             ops, e2e = read_tables(folder)
             if retest:
                 rows = entry_keys(ops + e2e)
